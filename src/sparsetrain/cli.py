@@ -1,0 +1,131 @@
+"""``sparsetrain`` command line: train, eval, list.
+
+Bad input (unknown names, out-of-range values, missing or corrupt files) prints one line
+``sparsetrain: error: ...`` and exits with code 2 before any work, leaving outputs untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from sparsetrain.errors import UserError
+
+
+def recipes_dir() -> Path:
+    """``$SPARSETRAIN_RECIPES``, else ``configs/`` of the source checkout, else ./configs."""
+    env = os.environ.get("SPARSETRAIN_RECIPES")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "configs"
+    return repo if repo.is_dir() else Path("configs")
+
+
+def list_recipes() -> list[str]:
+    root = recipes_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def resolve_recipe(name: str) -> Path:
+    """A path to a YAML file, or a recipe name such as ``cpu/dense_resnet20_cifar10``."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    cand = recipes_dir() / (name if name.endswith(".yaml") else name + ".yaml")
+    if cand.is_file():
+        return cand
+    raise UserError(f"config not found: {name} (not a file, not a recipe in {recipes_dir()})")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sparsetrain.config import load_config
+    from sparsetrain.train.run import train
+
+    overrides = list(args.overrides)
+    if args.resume not in (None, True):  # --resume RUN_DIR: the saved config + overrides
+        run_dir = Path(args.resume)
+        if args.config is None:
+            args.config = str(run_dir / "config.yaml")
+        overrides = [f"out_dir={run_dir.parent}", f"name={run_dir.name}", *overrides]
+    if args.config is None:
+        raise UserError("train needs --config FILE (or --resume RUN_DIR)")
+    cfg = load_config(resolve_recipe(args.config), overrides)
+    summary = train(cfg, resume=args.resume is not None)
+    final = summary["final"]
+    line = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+    print(f"done: {line}; {summary['images_per_s']:.0f} img/s; wall {summary['wall_s']:.0f}s; "
+          f"run dir {cfg.run_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from sparsetrain.train.evaluation import evaluate_checkpoint
+
+    res = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, device=args.device,
+                              precision=args.precision, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{args.checkpoint}: {res['model']} on {res['dataset']} test "
+              f"({res['n']} images): top-1 {100 * res['acc']:.2f}%, loss {res['loss']:.4f}, "
+              f"{res['params']:,} params")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from sparsetrain.data import list_datasets
+    from sparsetrain.models import list_models
+
+    groups = {"models": list_models(), "datasets": list_datasets(), "recipes": list_recipes()}
+    for what, names in groups.items():
+        if args.what in (None, what):
+            print(f"{what} ({len(names)}):")
+            for n in names:
+                print(f"  {n}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsetrain", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train from a YAML recipe with key=value overrides")
+    t.add_argument("--config", "-c", help="recipe file or name (see `sparsetrain list recipes`)")
+    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="continue from last.pt of the config's run dir (or of RUN_DIR)")
+    t.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. train.epochs=30 data.batch_size=256")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
+    e.add_argument("checkpoint")
+    e.add_argument("--data-path", help="override the data path stored in the checkpoint")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(fn=_cmd_eval)
+
+    ls = sub.add_parser("list", help="list models, datasets and recipes")
+    ls.add_argument("what", nargs="?", choices=["models", "datasets", "recipes"])
+    ls.set_defaults(fn=_cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"sparsetrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsetrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

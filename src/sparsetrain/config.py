@@ -1,0 +1,166 @@
+"""Typed run configuration: YAML recipe + ``key=value`` overrides, validated before any work.
+
+A recipe is a YAML mapping with the sections below; every key is typed and range-checked, and an
+unknown key, a wrong type or an out-of-range value raises :class:`UserError` with one line that
+names the key. The resolved config is saved as ``config.yaml`` in the run directory and inside
+every checkpoint, so a checkpoint can be rebuilt without the recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sparsetrain.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "cifar10"
+    path: str | None = None  # default: the dataset's default path (shared CIFAR-10 archive)
+    val_size: int = Field(0, ge=0)  # images held out of train for validation/selection
+    train_subset: int | None = Field(None, ge=1)  # first N (shuffled, seeded) train images
+    test_subset: int | None = Field(None, ge=1)
+    loader: Literal["auto", "device", "stream"] = "auto"
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    pad: int = Field(4, ge=0, le=16)
+    padding_mode: Literal["reflect", "zeros"] = "reflect"
+    flip: bool = True
+    image_size: int | None = Field(None, ge=8)  # streaming loader crop size
+    workers: int = Field(2, ge=0)
+    cache_dir: str | None = None
+
+
+class ModelConfig(_Section):
+    name: str = "resnet20"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(15, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(5e-4, ge=0)
+    wd_exclude_norm_bias: bool = False
+    schedule: Literal["cosine", "multistep", "constant", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(default_factory=list)  # epochs (fractions of an epoch ok)
+    gamma: float = Field(0.1, gt=0, le=1)
+    final_lr_frac: float = Field(0.0, ge=0, le=1)  # cosine ends at lr * final_lr_frac
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    eval_every: int = Field(1, ge=1)  # epochs
+    checkpoint_every: int = Field(0, ge=0)  # steps; 0 = only at the end of each epoch
+    max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs, tests)
+    grad_clip: float | None = Field(None, gt=0)
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs")
+        if any(not 0 < m <= self.epochs for m in self.milestones):
+            raise ValueError(f"milestones {self.milestones} must lie in (0, epochs]")
+        if sorted(self.milestones) != list(self.milestones):
+            raise ValueError(f"milestones {self.milestones} must be increasing")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ValueError("schedule 'multistep' needs milestones")
+        return self
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = Field(0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.epochs=30"`` -> (["train", "epochs"], 30); the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {item!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (copying), creating sections as needed."""
+    out = _deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise UserError(f"override {item!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig`, turning the first validation problem into one line."""
+    if not isinstance(raw, dict):
+        raise UserError("config must be a YAML mapping of sections")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        hide = err["type"] == "extra_forbidden" or isinstance(got, dict)
+        shown = "" if hide else f" (got {got!r})"
+        raise UserError(f"config error at {loc}: {msg}{shown}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML recipe (or defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {p} is not valid YAML: {e}".splitlines()[0]) from None
+    return validate(apply_overrides(raw, overrides or []))
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

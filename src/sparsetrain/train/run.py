@@ -1,0 +1,251 @@
+"""A training run from a validated config: data, model, optimizer, engine, run directory.
+
+``train(cfg)`` is what ``sparsetrain train`` calls. Everything that can be checked before
+training (names, paths, the run directory) is checked first; failures are :class:`UserError`
+and leave existing files untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsetrain.config import RunConfig, to_yaml
+from sparsetrain.data import (
+    DatasetInfo,
+    DeviceLoader,
+    ImageArrays,
+    get_dataset_info,
+    load_split,
+    train_val_split,
+)
+from sparsetrain.errors import UserError
+from sparsetrain.models import create_model, model_info
+from sparsetrain.train.callbacks import Callback
+from sparsetrain.train.checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json,
+)
+from sparsetrain.train.engine import Trainer
+from sparsetrain.train.optim import build_optimizer
+from sparsetrain.train.precision import resolve_device, resolve_precision
+from sparsetrain.train.schedules import build_schedule
+from sparsetrain.utils import environment, git_commit
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class DataBundle:
+    info: DatasetInfo
+    train: ImageArrays
+    val: ImageArrays | None
+    test: ImageArrays
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+
+def load_data(cfg: RunConfig) -> DataBundle:
+    """Decode (once, cached) and split the configured data set."""
+    d = cfg.data
+    info = get_dataset_info(d.dataset)
+    path = d.path or info.default_path
+    if path is None:
+        raise UserError(f"dataset {d.dataset!r} needs data.path")
+    train = load_split(d.dataset, path, "train", cache_dir=d.cache_dir)
+    test = load_split(d.dataset, path, "test", cache_dir=d.cache_dir)
+    val = None
+    if d.train_subset is not None and d.train_subset < len(train):
+        g = torch.Generator().manual_seed(cfg.seed)
+        train = train.subset(torch.randperm(len(train), generator=g)[: d.train_subset].sort()[0])
+    if d.test_subset is not None and d.test_subset < len(test):
+        test = test.subset(torch.arange(d.test_subset))
+    if d.val_size:
+        tr_idx, val_idx = train_val_split(train.labels, d.val_size, seed=cfg.seed)
+        train, val = train.subset(tr_idx), train.subset(val_idx)
+    return DataBundle(info, train, val, test)
+
+
+def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
+    return create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Cheap checks of names and paths, before any data is decoded."""
+    model_info(cfg.model.name)
+    info = get_dataset_info(cfg.data.dataset)
+    path = cfg.data.path or info.default_path
+    if path is not None and not path.startswith("synthetic") and not Path(path).exists():
+        raise UserError(f"data path not found: {path}")
+    resolve_device(cfg.train.device)
+
+
+def make_loaders(
+    cfg: RunConfig, data: DataBundle, device: torch.device, dtype: torch.dtype,
+    rank: int = 0, world_size: int = 1,
+) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
+    d = cfg.data
+    common = dict(mean=data.info.mean, std=data.info.std, device=device,
+                  channels_last=cfg.train.channels_last, dtype=dtype)
+    train = DeviceLoader(data.train, d.batch_size, train=True, seed=cfg.seed, pad=d.pad,
+                         padding_mode=d.padding_mode, flip=d.flip, rank=rank,
+                         world_size=world_size, **common)
+    evals = {}
+    if data.val is not None:
+        evals["val"] = DeviceLoader(data.val, d.eval_batch_size, train=False, **common)
+    evals["test"] = DeviceLoader(data.test, d.eval_batch_size, train=False, **common)
+    return train, evals
+
+
+def _prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    run_dir = cfg.run_dir
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise UserError(f"cannot resume: no checkpoint at {run_dir / 'last.pt'}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(
+            f"run directory {run_dir} already exists; resume it with --resume or choose "
+            "another name (name=...)"
+        )
+    return run_dir
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
+) -> dict[str, Any]:
+    """Train as configured; write the run directory; return the summary."""
+    check_config(cfg)
+    run_dir = _prepare_run_dir(cfg, resume)
+    t_start = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    ckpt = load_checkpoint(run_dir / "last.pt") if resume else None
+
+    data = load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.num_classes).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, eval_loaders = make_loaders(cfg, data, device, torch.float32)
+    t = cfg.train
+    optimizer = build_optimizer(
+        model, t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
+        nesterov=t.nesterov, betas=t.betas, exclude_norm_bias=t.wd_exclude_norm_bias,
+    )
+    schedule = build_schedule(
+        t.schedule, epochs=t.epochs, steps_per_epoch=len(train_loader),
+        warmup_epochs=t.warmup_epochs, milestones=t.milestones, gamma=t.gamma,
+        final_frac=t.final_lr_frac,
+    )
+    forward_model = torch.compile(model) if t.compile else model
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    best: dict[str, Any] = {}
+
+    def save(tr: Trainer) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": cfg.model_dump(mode="json"),
+            "model": model.state_dict(),
+            "classes": list(data.train.classes),
+            "trainer": tr.state_dict(),
+            "best": dict(best),
+            "rng": rng_state(),
+        }
+        save_checkpoint(state, run_dir / "last.pt")
+
+    def log(metrics: dict[str, Any]) -> None:
+        _update_best(best, metrics, has_val=data.val is not None, model=model, cfg=cfg,
+                     classes=data.train.classes, run_dir=run_dir)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    trainer = Trainer(
+        model, optimizer, schedule, train_loader, eval_loaders, epochs=t.epochs, device=device,
+        precision=precision, label_smoothing=t.label_smoothing, callbacks=callbacks,
+        eval_every=t.eval_every, grad_clip=t.grad_clip, max_steps=t.max_steps,
+        checkpoint_every=t.checkpoint_every, save_fn=save, log_fn=log, progress=t.progress,
+        forward_model=forward_model,
+    )
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        trainer.load_state_dict(ckpt["trainer"])
+        best.update(ckpt["best"])
+        set_rng_state(ckpt["rng"])
+        _truncate_metrics(metrics_path, trainer.step)
+        print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}")
+    else:
+        atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+    print(
+        f"training {cfg.model.name} on {cfg.data.dataset} ({len(data.train)} train images) "
+        f"for {t.epochs} epochs on {device} in {precision}; run dir {run_dir}"
+    )
+    trainer.fit()
+    last = trainer.history[-1]
+    summary = {
+        "name": cfg.name,
+        "model": cfg.model.name,
+        "dataset": cfg.data.dataset,
+        "final": {k: last[k] for k in last if k.startswith(("test_", "val_"))},
+        "best": best.get("metrics", {}),
+        "epochs": trainer.epoch if trainer.batch_in_epoch == 0 else trainer.epoch + 1,
+        "steps": trainer.step,
+        "wall_s": time.perf_counter() - t_start,
+        "train_s": trainer.train_time,
+        "images_per_s": trainer.images_seen / max(trainer.train_time, 1e-9),
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "precision": precision,
+        "seed": cfg.seed,
+        "versions": environment(device),
+        "git_commit": git_commit(),
+    }
+    if ckpt is not None and (run_dir / "summary.json").is_file():
+        prev = json.loads((run_dir / "summary.json").read_text())
+        summary["wall_s"] += prev.get("wall_s", 0.0)
+    for cb in trainer.callbacks:
+        cb.on_train_end(trainer, summary)
+    write_json(summary, run_dir / "summary.json")
+    return summary
+
+
+def _update_best(best: dict[str, Any], metrics: dict[str, Any], *, has_val: bool,
+                 model: nn.Module, cfg: RunConfig, classes: tuple[str, ...],
+                 run_dir: Path) -> None:
+    """best.pt: the highest validation accuracy when a validation split exists, else the
+    latest evaluated epoch (the test set never selects a checkpoint)."""
+    key = "val_acc" if has_val else "test_acc"
+    if key not in metrics:
+        return
+    if has_val and best and metrics[key] <= best["metrics"].get(key, -1.0):
+        return
+    best["metrics"] = {**metrics, "selected_on": "val_acc" if has_val else "last"}
+    state = {"format": CHECKPOINT_FORMAT, "config": cfg.model_dump(mode="json"),
+             "model": model.state_dict(), "classes": list(classes),
+             "metrics": best["metrics"]}
+    save_checkpoint(state, run_dir / "best.pt")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))

@@ -1,0 +1,46 @@
+"""Run metadata: library versions, hardware and the git commit of the code that ran."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy
+import torch
+
+
+def environment(device: torch.device | None = None) -> dict[str, str]:
+    from sparsetrain import __version__
+
+    env = {
+        "sparsetrain": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": str(torch.get_num_threads()),
+    }
+    if device is not None and device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = str(torch.version.cuda)
+    return env
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository holding this package (editable installs) or of the cwd."""
+    for where in (Path(__file__).resolve().parent, Path.cwd()):
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                timeout=5, check=True,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            return out + ("-dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None
