@@ -191,8 +191,7 @@ def train(
         set_rng_state(ckpt["rng"])
         _truncate_metrics(metrics_path, trainer.step)
         print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}")
-    else:
-        atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+    atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
     print(
         f"training {cfg.model.name} on {cfg.data.dataset} ({len(data.train)} train images) "
         f"for {t.epochs} epochs on {device} in {precision}; run dir {run_dir}"

@@ -1,0 +1,101 @@
+"""The command line: bad input gives one line and exit code 2 and touches nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_config, write_config
+from sparsetrain.cli import main
+
+
+def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("sparsetrain: error: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["model.name=resnet21"], "resnet21"),
+        (["data.dataset=cifar11"], "cifar11"),
+        (["data.path=/nonexistent/data.tar.gz"], "/nonexistent/data.tar.gz"),
+        (["train.epochs=-3"], "train.epochs"),
+        (["train.optimiser=sgd"], "train.optimiser: unknown key"),
+        (["train.device=cuda"], "cuda"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], fragment: str
+) -> None:
+    recipe = write_config(tmp_path, tiny_config(tmp_path))
+    if overrides == ["train.device=cuda"]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    assert main(["train", "--config", str(recipe), *overrides]) == 2
+    assert fragment in _err_line(capsys)
+    assert not (tmp_path / "runs").exists()  # nothing was created
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path, capsys) -> None:
+    recipe = write_config(tmp_path, tiny_config(tmp_path, train={"max_steps": 2}))
+    assert main(["train", "--config", str(recipe)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert "already exists" in _err_line(capsys)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_without_checkpoint_and_missing_config(tmp_path: Path, capsys) -> None:
+    recipe = write_config(tmp_path, tiny_config(tmp_path))
+    assert main(["train", "--config", str(recipe), "--resume"]) == 2
+    assert "no checkpoint" in _err_line(capsys)
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in _err_line(capsys)
+
+
+def test_eval_matches_training_summary_and_rejects_corrupt(tmp_path: Path, capsys) -> None:
+    recipe = write_config(tmp_path, tiny_config(tmp_path, train={"epochs": 1}))
+    assert main(["train", "--config", str(recipe)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    summary = json.loads((run / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run / "last.pt"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 256
+    assert res["acc"] == pytest.approx(summary["final"]["test_acc"], abs=1e-9)
+    assert res["loss"] == pytest.approx(summary["final"]["test_loss"], rel=1e-5)
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((run / "last.pt").read_bytes()[:1000])
+    assert main(["eval", str(bad)]) == 2
+    assert "corrupt" in _err_line(capsys)
+    assert main(["eval", str(tmp_path / "none.pt")]) == 2
+    assert "not found" in _err_line(capsys)
+
+
+def test_resume_a_run_directory_with_more_epochs(tmp_path: Path, capsys) -> None:
+    recipe = write_config(tmp_path, tiny_config(tmp_path, train={"epochs": 1}))
+    assert main(["train", "--config", str(recipe)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and lines[-1]["step"] == 16
+
+
+def test_list(capsys) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("resnet20", "resnet50", "mobilenet_v2", "cifar10", "synthetic",
+                 "cpu/dense_resnet20_cifar10", "smoke"):
+        assert f"  {name}\n" in out
+    assert main(["list", "recipes"]) == 0
+    assert "models" not in capsys.readouterr().out

@@ -1,0 +1,153 @@
+"""Training engine: learning happens, callbacks fire, runs resume exactly after a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config, write_config
+from sparsetrain import Callback, load_config, train
+from sparsetrain.train.checkpoint import load_checkpoint
+
+
+class Recorder(Callback):
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.grad_seen_dense = False
+        self.count = 0
+
+    def before_optimizer_step(self, trainer) -> None:
+        self.events.append("before")
+        self.grad_seen_dense = all(p.grad is not None for p in trainer.model.parameters())
+
+    def after_optimizer_step(self, trainer) -> None:
+        self.events.append("after")
+        self.count += 1
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        metrics["recorded_steps"] = self.count
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]
+
+
+def test_training_learns_and_writes_the_run_directory(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_config(tmp_path, train={"epochs": 3})))
+    rec = Recorder()
+    summary = train(cfg, callbacks=[rec])
+    run = cfg.run_dir
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "last.pt",
+                                              "best.pt", "summary.json"}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert [m["step"] for m in lines] == [8, 16, 24]  # 512 images / batch 64, drop_last
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert summary["final"]["test_acc"] > 0.5  # 10 classes: chance is 0.1
+    assert summary["steps"] == 24 and summary["epochs"] == 3
+    assert summary["params"] == sum(p.numel() for p in __import__("sparsetrain").create_model(
+        "resnet20").parameters())
+    assert rec.events[:4] == ["before", "after", "before", "after"] and rec.grad_seen_dense
+    assert [m["recorded_steps"] for m in lines] == [8, 16, 24]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["trainer"]["callbacks"]["recorder"] == {"count": 24}
+    assert ckpt["trainer"]["step"] == 24
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["final"] == summary["final"] and saved["versions"]["torch"] == torch.__version__
+
+
+def test_validation_split_selects_best_checkpoint(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_config(
+        tmp_path, data={"val_size": 128}, train={"epochs": 3})))
+    summary = train(cfg)
+    lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    best_epoch = max(lines, key=lambda m: (m["val_acc"], -m["epoch"]))["epoch"]
+    assert summary["best"]["selected_on"] == "val_acc"
+    assert summary["best"]["epoch"] == best_epoch
+    best = load_checkpoint(cfg.run_dir / "best.pt")
+    assert best["metrics"]["epoch"] == best_epoch
+
+
+def test_max_steps_and_bf16_autocast(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_config(
+        tmp_path, train={"max_steps": 5, "precision": "bf16"})))
+    summary = train(cfg)
+    assert summary["steps"] == 5 and summary["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in load_checkpoint(
+        cfg.run_dir / "last.pt")["model"].values() if p.is_floating_point())
+
+
+def _run_cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sparsetrain", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
+    """Kill -9 a real training process mid-epoch; the resumed run must end bitwise equal
+    to an uninterrupted one (fp32, CPU, one thread)."""
+    cfg = tiny_config(tmp_path, data={"path": "synthetic:1024:128"},
+                      train={"epochs": 3, "checkpoint_every": 5})
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    ref = _run_cli(["train", "--config", str(write_config(ref_dir, cfg))])
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()
+
+    cfg["out_dir"] = str(tmp_path / "killed_runs")
+    kdir = tmp_path / "killed"
+    kdir.mkdir()
+    recipe = write_config(kdir, cfg)
+    proc = _run_cli(["train", "--config", str(recipe)])
+    last = Path(cfg["out_dir"]) / "tiny" / "last.pt"
+    killed_at = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            state = torch.load(last, weights_only=True)["trainer"]
+            # 16 steps per epoch; checkpoints every 5 steps: kill after one mid-epoch 2
+            if state["epoch"] == 1 and state["batch_in_epoch"] > 0:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = state["step"]
+                break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "kill did not land"
+    resumed = _run_cli(["train", "--config", str(recipe), "--resume"])
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "resuming" in out
+
+    a = load_checkpoint(tmp_path / "runs" / "tiny" / "last.pt")
+    b = load_checkpoint(last)
+    assert a["trainer"]["step"] == b["trainer"]["step"] == 48
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for sa, sb in zip(a["trainer"]["optimizer"]["state"].values(),
+                      b["trainer"]["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    lines = (Path(cfg["out_dir"]) / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("precision", ["fp32"])
+def test_same_seed_same_result_in_process(tmp_path: Path, precision: str) -> None:
+    results = []
+    for i in range(2):
+        cfg = load_config(write_config(tmp_path, tiny_config(
+            tmp_path, name=f"r{i}", train={"max_steps": 6, "precision": precision})))
+        train(cfg)
+        results.append(load_checkpoint(cfg.run_dir / "last.pt")["model"])
+    for k in results[0]:
+        assert torch.equal(results[0][k], results[1][k]), k
