@@ -12,10 +12,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from sparsetrain.callbacks import Callback
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.errors import UserError
 from sparsetrain.models import create_model, list_models
-from sparsetrain.train.callbacks import Callback
 from sparsetrain.train.run import train
 
 __all__ = [

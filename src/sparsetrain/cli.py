@@ -1,4 +1,4 @@
-"""``sparsetrain`` command line: train, eval, list.
+"""``sparsetrain`` command line: train, eval, budget, list.
 
 Bad input (unknown names, out-of-range values, missing or corrupt files) prints one line
 ``sparsetrain: error: ...`` and exits with code 2 before any work, leaving outputs untouched.
@@ -64,8 +64,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from sparsetrain.train.evaluation import evaluate_checkpoint
 
-    res = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, device=args.device,
-                              precision=args.precision, batch_size=args.batch_size)
+    res = evaluate_checkpoint(args.checkpoint, data_path_override=args.data_path,
+                              device=args.device, precision=args.precision,
+                              batch_size=args.batch_size)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -78,13 +79,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from sparsetrain.data import list_datasets
     from sparsetrain.models import list_models
+    from sparsetrain.sparsity.allocate import list_budgets
+    from sparsetrain.sparsity.methods import list_methods
+    from sparsetrain.sparsity.scores import list_scores
 
-    groups = {"models": list_models(), "datasets": list_datasets(), "recipes": list_recipes()}
+    groups = {"models": list_models(), "datasets": list_datasets(), "recipes": list_recipes(),
+              "methods": list_methods(),
+              "budgets": [*list_budgets(), "global", "snip_ratio", "grasp_ratio"],
+              "scores": list_scores()}
     for what, names in groups.items():
         if args.what in (None, what):
             print(f"{what} ({len(names)}):")
             for n in names:
                 print(f"  {n}")
+    return 0
+
+
+def _cmd_budget(args: argparse.Namespace) -> int:
+    from sparsetrain.sparsity.plan import format_plan, plan_budget
+
+    plan = plan_budget(args.model, args.budget, args.density, num_classes=args.num_classes,
+                       dense_first=args.dense_first, dense_classifier=args.dense_classifier)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
 
@@ -109,8 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(fn=_cmd_eval)
 
-    ls = sub.add_parser("list", help="list models, datasets and recipes")
-    ls.add_argument("what", nargs="?", choices=["models", "datasets", "recipes"])
+    b = sub.add_parser("budget", help="per-layer densities, params and FLOPs of a budget")
+    b.add_argument("--model", required=True)
+    b.add_argument("--budget", default="erk")
+    b.add_argument("--density", type=float, required=True)
+    b.add_argument("--num-classes", type=int)
+    b.add_argument("--dense-first", action="store_true")
+    b.add_argument("--dense-classifier", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_cmd_budget)
+
+    ls = sub.add_parser("list", help="list models, datasets, recipes and sparsity methods")
+    ls.add_argument("what", nargs="?",
+                    choices=["models", "datasets", "recipes", "methods", "budgets", "scores"])
     ls.set_defaults(fn=_cmd_list)
     return p
 

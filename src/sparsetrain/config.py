@@ -27,13 +27,13 @@ class DataConfig(_Section):
     val_size: int = Field(0, ge=0)  # images held out of train for validation/selection
     train_subset: int | None = Field(None, ge=1)  # first N (shuffled, seeded) train images
     test_subset: int | None = Field(None, ge=1)
-    loader: Literal["auto", "device", "stream"] = "auto"
+    loader: Literal["device", "stream"] = "device"  # stream: image folders too big for memory
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     pad: int = Field(4, ge=0, le=16)
     padding_mode: Literal["reflect", "zeros"] = "reflect"
     flip: bool = True
-    image_size: int | None = Field(None, ge=8)  # streaming loader crop size
+    image_size: int = Field(224, ge=8)  # streaming loader: crop size (random-resized / center)
     workers: int = Field(2, ge=0)
     cache_dir: str | None = None
 
@@ -82,6 +82,24 @@ class TrainConfig(_Section):
         return self
 
 
+class SparsityConfig(_Section):
+    """Unstructured sparsity (``sparsetrain list methods``); keys a method does not use must
+    stay at their defaults."""
+
+    method: str = "dense"
+    density: float = Field(1.0, gt=0, le=1)  # global density over masked weights, 1 - sparsity
+    budget: str = "erk"  # uniform, uniform_plus, er, erk, erk_plus, global, snip_ratio, ...
+    score: str = "random"  # random, magnitude, snip, grasp, synflow
+    bernoulli: bool = False  # i.i.d. draws at the layer densities instead of exact top-k
+    dense_first: bool = False
+    dense_classifier: bool = False
+    include: list[str] | None = None  # fnmatch patterns of parameter names to mask
+    exclude: list[str] | None = None
+    seed: int | None = Field(None, ge=0)  # default: the run seed
+    score_batches: int = Field(1, ge=1)  # training batches seen by data-dependent scores
+    budget_options: dict[str, Any] = Field(default_factory=dict)
+
+
 class RunConfig(_Section):
     name: str = "run"
     out_dir: str = "runs"
@@ -89,6 +107,7 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -148,17 +167,36 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         raise UserError(f"config error at {loc}: {msg}{shown}") from None
 
 
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's raw mapping; ``base: other.yaml`` (relative to the recipe) is read first and
+    the recipe's sections are merged over it key by key."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    if p.resolve() in _seen:
+        raise UserError(f"config {p} includes itself through 'base'")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {p} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {p} must be a YAML mapping of sections")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return _merge(read_recipe(p.parent / base, (*_seen, p.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = _deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML recipe (or defaults when ``path`` is None) and apply overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {p} is not valid YAML: {e}".splitlines()[0]) from None
+    raw = read_recipe(path) if path is not None else {}
     return validate(apply_overrides(raw, overrides or []))
 
 

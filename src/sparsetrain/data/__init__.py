@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sparsetrain.data.arrays import ImageArrays, train_val_split
 from sparsetrain.data.cache import load_cached
-from sparsetrain.data.loader import DeviceLoader, EpochPlan
+from sparsetrain.data.loader import DeviceLoader, EpochPlan, StreamLoader
 from sparsetrain.data.sources import DatasetInfo, get_dataset_info, list_datasets
 from sparsetrain.data.synthetic import is_synthetic_spec, make_synthetic, read_synthetic
 from sparsetrain.errors import UserError
@@ -20,7 +20,9 @@ __all__ = [
     "DeviceLoader",
     "EpochPlan",
     "ImageArrays",
+    "StreamLoader",
     "get_dataset_info",
+    "is_synthetic_spec",
     "list_datasets",
     "load_split",
     "make_synthetic",

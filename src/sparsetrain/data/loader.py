@@ -184,3 +184,55 @@ def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     """Reflect-pad index map (no edge repeat), valid for pads smaller than ``n``."""
     i = i.abs()
     return torch.where(i >= n, 2 * (n - 1) - i, i)
+
+
+class StreamLoader:
+    """The :class:`DeviceLoader` interface over a streaming DataLoader with worker processes,
+    for image folders too large for memory. Workers decode and augment per image (our own
+    transforms, seeded by (seed, epoch, index)); normalization runs on the device per batch."""
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        train: bool,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        workers: int = 2,
+        channels_last: bool = True,
+        dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        from sparsetrain.data.stream import shard_indices
+
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.mean, self.std, self.seed, self.workers = mean, std, seed, workers
+        self.device, self.channels_last, self.dtype = torch.device(device), channels_last, dtype
+        self.rank, self.world_size = rank, world_size
+        n = len(shard_indices(len(dataset), train=train, seed=seed, epoch=0, rank=rank,
+                              world_size=world_size))
+        self._len = n // batch_size if train else -(-n // batch_size)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def plan(self, epoch: int) -> dict:
+        return {"epoch": epoch, "it": None, "next": -1}
+
+    def batch(self, plan: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from sparsetrain.data.stream import make_stream_loader, normalize_batch
+
+        if plan["it"] is None or plan["next"] != i:  # first batch, or a jump (resume)
+            plan["it"] = iter(make_stream_loader(
+                self.dataset, self.batch_size, train=self.train, seed=self.seed,
+                epoch=plan["epoch"], workers=self.workers, rank=self.rank,
+                world_size=self.world_size, start_batch=i))
+        x, y = next(plan["it"])
+        plan["next"] = i + 1
+        x = x.to(self.device, non_blocking=True)
+        return (normalize_batch(x, self.mean, self.std, self.dtype, self.channels_last),
+                y.to(self.device, non_blocking=True))

@@ -297,11 +297,13 @@ def make_stream_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool | None = None,
+    start_batch: int = 0,
 ) -> DataLoader:
     """A DataLoader over this rank's shard of ``dataset`` for ``epoch`` (uint8 batches).
 
     Order from :func:`shard_indices`; ``drop_last`` defaults to ``train``. The epoch reaches
     the dataset's ``load(index, epoch)`` (if it has one) for augmentation seeding.
+    ``start_batch`` skips the first batches of the epoch (resume mid-epoch).
     """
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
@@ -311,7 +313,7 @@ def make_stream_loader(
     return DataLoader(
         _EpochView(dataset, epoch),
         batch_size=batch_size,
-        sampler=indices.tolist(),
+        sampler=indices[start_batch * batch_size :].tolist(),
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         drop_last=train if drop_last is None else drop_last,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from sparsetrain.train.callbacks import Callback
+from sparsetrain.callbacks import Callback
 from sparsetrain.train.precision import autocast
 from sparsetrain.train.schedules import LRSchedule
 

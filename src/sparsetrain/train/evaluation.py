@@ -8,18 +8,21 @@ from typing import Any
 import torch
 
 from sparsetrain.config import validate
-from sparsetrain.data import DeviceLoader, get_dataset_info, load_split
+from sparsetrain.data import get_dataset_info
 from sparsetrain.errors import UserError
 from sparsetrain.models import create_model
+from sparsetrain.sparsity.masks import add_mask_buffers
 from sparsetrain.train.checkpoint import load_checkpoint
 from sparsetrain.train.engine import evaluate
 from sparsetrain.train.precision import resolve_device
+from sparsetrain.train.run import check_data_path, data_path, load_test_split, make_loader
 
 
 def load_model(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> torch.nn.Module:
     """Rebuild the registered architecture stored in a checkpoint and load its weights."""
     cfg = validate(ckpt["config"])
     model = create_model(cfg.model.name, num_classes=len(ckpt["classes"]), **cfg.model.kwargs)
+    add_mask_buffers(model, ckpt["model"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -33,28 +36,25 @@ def load_model(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> torch.n
 def evaluate_checkpoint(
     path: str | Path,
     *,
-    data_path: str | None = None,
+    data_path_override: str | None = None,
     device: str = "auto",
     precision: str = "fp32",
     batch_size: int = 512,
 ) -> dict[str, Any]:
+    """Top-1 and loss of a checkpoint on the test split of the data it was trained on."""
     ckpt = load_checkpoint(path)
     cfg = validate(ckpt["config"])
+    cfg.data.eval_batch_size = batch_size
     dev = resolve_device(device)
-    info = get_dataset_info(cfg.data.dataset)
-    dpath = data_path or cfg.data.path or info.default_path
-    if dpath is None or (not dpath.startswith("synthetic") and not Path(dpath).exists()):
-        raise UserError(f"data path not found: {dpath} (pass --data-path)")
-    test = load_split(cfg.data.dataset, dpath, "test", cache_dir=cfg.data.cache_dir)
-    if cfg.data.test_subset is not None and cfg.data.test_subset < len(test):
-        test = test.subset(torch.arange(cfg.data.test_subset))
+    dpath = data_path_override or data_path(cfg)
+    check_data_path(dpath)
+    test = load_test_split(cfg, dpath)
     if list(test.classes) != list(ckpt["classes"]):
         raise UserError(f"classes of {dpath} do not match the checkpoint's classes")
     model = load_model(ckpt, path).to(dev)
-    loader = DeviceLoader(test, batch_size, info.mean, info.std, train=False, device=dev,
-                          channels_last=cfg.train.channels_last)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    loader = make_loader(cfg, test, get_dataset_info(cfg.data.dataset), train=False, device=dev)
     res = evaluate(model, loader, dev, precision)
     return {**res, "model": cfg.model.name, "dataset": cfg.data.dataset, "checkpoint": str(path),
             "params": sum(p.numel() for p in model.parameters()), "precision": precision}

@@ -16,18 +16,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsetrain.config import RunConfig, to_yaml
+from sparsetrain.callbacks import Callback
+from sparsetrain.config import RunConfig, SparsityConfig, to_yaml
 from sparsetrain.data import (
     DatasetInfo,
     DeviceLoader,
     ImageArrays,
+    StreamLoader,
     get_dataset_info,
+    is_synthetic_spec,
     load_split,
     train_val_split,
 )
+from sparsetrain.data.stream import (
+    CenterCrop,
+    Compose,
+    ImageFolderStream,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Resize,
+)
 from sparsetrain.errors import UserError
 from sparsetrain.models import create_model, model_info
-from sparsetrain.train.callbacks import Callback
+from sparsetrain.models.flops import sparse_flops
+from sparsetrain.sparsity.methods import SparsityMethod, method_from_config
 from sparsetrain.train.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
@@ -47,35 +59,71 @@ CHECKPOINT_FORMAT = 1
 
 @dataclass
 class DataBundle:
+    """Splits as in-memory arrays (device loader) or lazy image folders (stream loader)."""
+
     info: DatasetInfo
-    train: ImageArrays
+    train: ImageArrays | ImageFolderStream
     val: ImageArrays | None
-    test: ImageArrays
+    test: ImageArrays | ImageFolderStream
 
     @property
     def num_classes(self) -> int:
         return len(self.train.classes)
 
 
-def load_data(cfg: RunConfig) -> DataBundle:
-    """Decode (once, cached) and split the configured data set."""
-    d = cfg.data
-    info = get_dataset_info(d.dataset)
-    path = d.path or info.default_path
+def data_path(cfg: RunConfig) -> str:
+    path = cfg.data.path or get_dataset_info(cfg.data.dataset).default_path
     if path is None:
-        raise UserError(f"dataset {d.dataset!r} needs data.path")
-    train = load_split(d.dataset, path, "train", cache_dir=d.cache_dir)
+        raise UserError(f"dataset {cfg.data.dataset!r} needs data.path")
+    return path
+
+
+def load_test_split(cfg: RunConfig, path: str) -> ImageArrays | ImageFolderStream:
+    d = cfg.data
+    if d.loader == "stream":
+        size = d.image_size
+        tf = Compose([Resize(round(size * 256 / 224)), CenterCrop(size)])
+        return ImageFolderStream(path, "val" if Path(path, "val").is_dir() else "test", tf)
     test = load_split(d.dataset, path, "test", cache_dir=d.cache_dir)
+    if d.test_subset is not None and d.test_subset < len(test):
+        test = test.subset(torch.arange(d.test_subset))
+    return test
+
+
+def load_data(cfg: RunConfig) -> DataBundle:
+    """Decode (once, cached) and split the configured data set, or index its image folders."""
+    d = cfg.data
+    info, path = get_dataset_info(d.dataset), data_path(cfg)
+    if d.loader == "stream":
+        if d.val_size or d.train_subset:
+            raise UserError("data.val_size and data.train_subset need the device loader")
+        tf = Compose([RandomResizedCrop(d.image_size), RandomHorizontalFlip()])
+        train = ImageFolderStream(path, "train", tf, seed=cfg.seed)
+        return DataBundle(info, train, None, load_test_split(cfg, path))
+    train = load_split(d.dataset, path, "train", cache_dir=d.cache_dir)
     val = None
     if d.train_subset is not None and d.train_subset < len(train):
         g = torch.Generator().manual_seed(cfg.seed)
         train = train.subset(torch.randperm(len(train), generator=g)[: d.train_subset].sort()[0])
-    if d.test_subset is not None and d.test_subset < len(test):
-        test = test.subset(torch.arange(d.test_subset))
     if d.val_size:
         tr_idx, val_idx = train_val_split(train.labels, d.val_size, seed=cfg.seed)
         train, val = train.subset(tr_idx), train.subset(val_idx)
-    return DataBundle(info, train, val, test)
+    return DataBundle(info, train, val, load_test_split(cfg, path))
+
+
+def make_loader(
+    cfg: RunConfig, data: ImageArrays | ImageFolderStream, info: DatasetInfo, *, train: bool,
+    device: torch.device, rank: int = 0, world_size: int = 1,
+) -> DeviceLoader | StreamLoader:
+    """The device-resident loader for arrays, the streaming loader for image folders."""
+    d = cfg.data
+    bs = d.batch_size if train else d.eval_batch_size
+    common = dict(mean=info.mean, std=info.std, train=train, seed=cfg.seed, device=device,
+                  channels_last=cfg.train.channels_last, rank=rank, world_size=world_size)
+    if isinstance(data, ImageArrays):
+        return DeviceLoader(data, bs, pad=d.pad, padding_mode=d.padding_mode, flip=d.flip,
+                            **common)
+    return StreamLoader(data, bs, workers=d.workers, **common)
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
@@ -84,29 +132,56 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
 
 def check_config(cfg: RunConfig) -> None:
     """Cheap checks of names and paths, before any data is decoded."""
-    model_info(cfg.model.name)
-    info = get_dataset_info(cfg.data.dataset)
-    path = cfg.data.path or info.default_path
-    if path is not None and not path.startswith("synthetic") and not Path(path).exists():
-        raise UserError(f"data path not found: {path}")
+    info = model_info(cfg.model.name)
+    check_data_path(data_path(cfg))
     resolve_device(cfg.train.device)
+    with torch.device("meta"):  # validates model kwargs and sparsity options, allocates nothing
+        model = create_model(cfg.model.name, num_classes=info.default_num_classes,
+                             **cfg.model.kwargs)
+        build_method(cfg, model, None)
+
+
+def check_data_path(path: str) -> None:
+    if not is_synthetic_spec(path) and not Path(path).exists():
+        raise UserError(f"data path not found: {path}")
 
 
 def make_loaders(
-    cfg: RunConfig, data: DataBundle, device: torch.device, dtype: torch.dtype,
-    rank: int = 0, world_size: int = 1,
-) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
-    d = cfg.data
-    common = dict(mean=data.info.mean, std=data.info.std, device=device,
-                  channels_last=cfg.train.channels_last, dtype=dtype)
-    train = DeviceLoader(data.train, d.batch_size, train=True, seed=cfg.seed, pad=d.pad,
-                         padding_mode=d.padding_mode, flip=d.flip, rank=rank,
-                         world_size=world_size, **common)
+    cfg: RunConfig, data: DataBundle, device: torch.device, rank: int = 0, world_size: int = 1
+) -> tuple[DeviceLoader | StreamLoader, dict[str, DeviceLoader | StreamLoader]]:
+    kw = dict(device=device, rank=rank, world_size=world_size)
+    train = make_loader(cfg, data.train, data.info, train=True, **kw)
     evals = {}
     if data.val is not None:
-        evals["val"] = DeviceLoader(data.val, d.eval_batch_size, train=False, **common)
-    evals["test"] = DeviceLoader(data.test, d.eval_batch_size, train=False, **common)
+        evals["val"] = make_loader(cfg, data.val, data.info, train=False, **kw)
+    evals["test"] = make_loader(cfg, data.test, data.info, train=False, **kw)
     return train, evals
+
+
+def build_method(
+    cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> SparsityMethod:
+    """The configured sparsity method (``dense`` adds no masks and no per-step work)."""
+    return method_from_config(cfg.sparsity.model_dump(), SparsityConfig().model_dump(), model,
+                              optimizer, seed=cfg.seed)
+
+
+def score_batches(loader: DeviceLoader | StreamLoader, n: int) -> list:
+    """The first ``n`` training batches of a dedicated epoch plan (-1), for data-dependent
+    scores at initialization; training's own batch order is unaffected."""
+    plan = loader.plan(-1)
+    return [loader.batch(plan, i) for i in range(min(n, len(loader)))]
+
+
+def cost_report(model: nn.Module, method: SparsityMethod) -> dict[str, Any]:
+    """Density per layer, dense/effective FLOPs and total/nonzero parameters."""
+    density = method.report()
+    return {
+        "density": density,
+        "flops": sparse_flops(model, density["layers"]),
+        "params": {"total": sum(p.numel() for p in model.parameters()),
+                   "nonzero": sum(int(p.count_nonzero()) for p in model.parameters())},
+    }
 
 
 def _prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
@@ -143,7 +218,7 @@ def train(
     model = build_model(cfg, data.num_classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_loader, eval_loaders = make_loaders(cfg, data, device, torch.float32)
+    train_loader, eval_loaders = make_loaders(cfg, data, device)
     t = cfg.train
     optimizer = build_optimizer(
         model, t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
@@ -154,6 +229,9 @@ def train(
         warmup_epochs=t.warmup_epochs, milestones=t.milestones, gamma=t.gamma,
         final_frac=t.final_lr_frac,
     )
+    method = build_method(cfg, model, optimizer)
+    if ckpt is None:
+        method.prepare(score_batches(train_loader, cfg.sparsity.score_batches))
     forward_model = torch.compile(model) if t.compile else model
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
@@ -179,7 +257,8 @@ def train(
 
     trainer = Trainer(
         model, optimizer, schedule, train_loader, eval_loaders, epochs=t.epochs, device=device,
-        precision=precision, label_smoothing=t.label_smoothing, callbacks=callbacks,
+        precision=precision, label_smoothing=t.label_smoothing,
+        callbacks=[method, *(callbacks or [])],
         eval_every=t.eval_every, grad_clip=t.grad_clip, max_steps=t.max_steps,
         checkpoint_every=t.checkpoint_every, save_fn=save, log_fn=log, progress=t.progress,
         forward_model=forward_model,
@@ -209,7 +288,7 @@ def train(
         "wall_s": time.perf_counter() - t_start,
         "train_s": trainer.train_time,
         "images_per_s": trainer.images_seen / max(trainer.train_time, 1e-9),
-        "params": sum(p.numel() for p in model.parameters()),
+        **cost_report(model, method),
         "device": str(device),
         "precision": precision,
         "seed": cfg.seed,

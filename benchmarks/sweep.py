@@ -1,0 +1,84 @@
+"""Run a list of recipes one after another (CPU protocol comparisons) and tabulate them.
+
+Each finished run adds one row to a CSV (written after every run, so a stopped sweep keeps
+what it finished); a run whose directory already has summary.json is reused, not retrained.
+At the end the table is appended to BENCHMARKS.md.
+
+    python benchmarks/sweep.py configs/cpu/dense_resnet20_cifar10.yaml \\
+        configs/cpu/static_*_resnet20_cifar10.yaml --csv benchmarks/results/static_cpu.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from _common import append_markdown, header
+
+from sparsetrain import load_config, train
+
+FIELDS = ["recipe", "model", "method", "budget", "score", "density", "seed", "epochs",
+          "test_acc", "test_loss", "flops_dense", "flops_sparse", "params_nonzero",
+          "images_per_s", "train_s", "wall_s", "git_commit"]
+
+
+def row(recipe: str, cfg, s: dict) -> dict:
+    sp = cfg.sparsity
+    static = sp.method == "static"
+    return {
+        "recipe": recipe, "model": cfg.model.name, "method": sp.method,
+        "budget": sp.budget if static else "", "score": sp.score if static else "",
+        "density": round(s.get("density", {}).get("global", 1.0), 5), "seed": cfg.seed,
+        "epochs": s["epochs"], "test_acc": s["final"]["test_acc"],
+        "test_loss": round(s["final"]["test_loss"], 4),
+        "flops_dense": s.get("flops", {}).get("dense", ""),
+        "flops_sparse": s.get("flops", {}).get("sparse", ""),
+        "params_nonzero": s["params"]["nonzero"] if isinstance(s["params"], dict) else "",
+        "images_per_s": round(s["images_per_s"]), "train_s": round(s["train_s"]),
+        "wall_s": round(s["wall_s"]), "git_commit": s.get("git_commit", ""),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--out-dir", default="runs/sweep")
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value",
+                   help="overrides applied to every recipe (e.g. seed=1)")
+    p.add_argument("--title", default="CPU-protocol comparison")
+    p.add_argument("--no-append", action="store_true")
+    args = p.parse_args()
+    rows = []
+    for recipe in args.recipes:
+        cfg = load_config(recipe, [*args.set, f"out_dir={args.out_dir}", "train.progress=false"])
+        done = cfg.run_dir / "summary.json"
+        s = json.loads(done.read_text()) if done.is_file() else train(cfg)
+        rows.append(row(Path(recipe).name, cfg, s))
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        print(f"{recipe}: top-1 {100 * s['final']['test_acc']:.2f}%", flush=True)
+    lines = ["| recipe | budget | score | density | top-1 | test loss | effective FLOPs | "
+             "nonzero params | train img/s | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flops = (f"{r['flops_sparse'] / 1e6:.1f}M / {r['flops_dense'] / 1e6:.1f}M"
+                 if r["flops_dense"] != "" else "")
+        lines.append(f"| {r['recipe']} | {r['budget'] or '—'} | {r['score'] or '—'} | "
+                     f"{r['density']} | {100 * r['test_acc']:.2f}% | {r['test_loss']} | {flops} | "
+                     f"{r['params_nonzero']:,} | {r['images_per_s']} | "
+                     f"{r['wall_s'] / 60:.1f} min |")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_append:
+        append_markdown(header(f"{args.title} (benchmarks/sweep.py)")
+                        + f"Results CSV: `{args.csv}`. Final-epoch test top-1 on the 10,000 "
+                        "CIFAR-10 test images, one seed.\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Unstructured sparsity: masks, layer-wise budgets, saliency scores, schedules, methods."""

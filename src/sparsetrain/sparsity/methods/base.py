@@ -1,0 +1,224 @@
+"""The sparsity-method API every method shares (torch.ao.pruning-like lifecycle).
+
+    method = create_method("static", model, optimizer, density=0.1, budget="erk")
+    method.prepare(batches)   # initial masks (data-dependent scores read ``batches``)
+    method.attach()           # optimizer step hooks, or call method.step() yourself
+    ... train ...
+    method.squash()           # plain model with zeros, for export
+
+A method overrides a few hooks: ``initial_masks`` (masks at step 0), ``update_due`` and
+``update_masks`` (mask changes during training; they see dense gradients), ``extra_state``.
+Per optimizer step the cost is one foreach multiply of the gradients by the masks
+(DESIGN.md §2, invariants 1-3). The method's ``torch.Generator`` makes every random decision,
+so masks are reproducible from the seed and identical on every rank.
+
+The method is also an engine :class:`Callback`: the engine calls ``before_optimizer_step``
+(read dense gradients, mask them) and ``after_optimizer_step`` (count the step, update masks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from sparsetrain.callbacks import Callback
+from sparsetrain.errors import UserError
+from sparsetrain.sparsity.masks import MaskSet, prunable_parameters
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+METHODS: dict[str, type[SparsityMethod]] = {}
+
+
+def register_method(cls: type[SparsityMethod]) -> type[SparsityMethod]:
+    """Class decorator: make ``cls`` available to ``create_method(cls.method_name, ...)``."""
+    if cls.method_name in METHODS:
+        raise ValueError(f"sparsity method {cls.method_name!r} registered twice")
+    METHODS[cls.method_name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def create_method(
+    name: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **cfg: Any
+) -> SparsityMethod:
+    """Build a registered method; unknown names and options are :class:`UserError`."""
+    if name not in METHODS:
+        raise UserError(f"unknown sparsity method {name!r}; choose from {list_methods()}")
+    return METHODS[name](model, optimizer, **cfg)
+
+
+class SparsityMethod(Callback):
+    """Base class: masks on ``model``, a generator, a step counter and the hooks."""
+
+    method_name: ClassVar[str] = "base"
+    name = "sparsity"  # key of this callback's state in checkpoints
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float = 1.0,
+        dense_first: bool = False,
+        dense_classifier: bool = False,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < density <= 1:
+            raise UserError(f"density must be in (0, 1], got {density}")
+        self.model, self.optimizer = model, optimizer
+        self.density = density
+        names = self.select_parameters(model, dense_first=dense_first,
+                                       dense_classifier=dense_classifier, include=include,
+                                       exclude=exclude)
+        self.masks = MaskSet(model, names)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step_count = 0
+        self.prepared = False
+        self._handles: list[RemovableHandle] = []
+        self._grads_masked = False
+        self.log: list[dict[str, Any]] = []  # one entry per mask change
+
+    # -- hooks for subclasses -----------------------------------------------------------
+    def select_parameters(self, model: nn.Module, **options: Any) -> list[str]:
+        """Names of the weights this method masks (default: Conv2d/Linear weights)."""
+        return prunable_parameters(model, **options)
+
+    def initial_masks(self, batches: Batches | None) -> Mapping[str, torch.Tensor] | None:
+        """Masks at step 0 (None: keep the all-ones masks)."""
+        return None
+
+    def update_due(self, step: int) -> bool:
+        """Whether ``update_masks`` runs after optimizer step ``step`` (1-based)."""
+        return False
+
+    def read_gradients(self, step: int) -> None:
+        """Called before the gradients are masked on a step where an update is due."""
+
+    def update_masks(self, step: int) -> Mapping[str, torch.Tensor] | None:
+        """New masks after optimizer step ``step`` (None: unchanged)."""
+        return None
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def prepare(self, batches: Batches | None = None) -> SparsityMethod:
+        """Compute and apply the initial masks (zeroing weights and optimizer state)."""
+        masks = self.initial_masks(batches)
+        if masks is not None:
+            self.masks.set_masks(masks, self.optimizer)
+        self.prepared = True
+        self._record("init", {})
+        return self
+
+    def pre_step(self) -> None:
+        """Before ``optimizer.step()``: let a due update read dense gradients, then mask them
+        (one foreach multiply; this keeps masked weights and optimizer state at zero)."""
+        if self.update_due(self.step_count + 1):
+            self.read_gradients(self.step_count + 1)
+        self.masks.mask_grads_()
+        self._grads_masked = True
+
+    def post_step(self) -> None:
+        """After ``optimizer.step()``: count the step and update masks when due.
+
+        Without a ``pre_step`` for this step (explicit ``step()`` use), the gradients in
+        ``.grad`` are still dense, so a due update reads them here, and the weights and
+        optimizer state are re-masked (slower than masking gradients, equally exact)."""
+        step = self.step_count + 1
+        if not self._grads_masked:
+            if self.update_due(step):
+                self.read_gradients(step)
+            self.masks.apply_()
+            if self.optimizer is not None:
+                self.masks.zero_optimizer_state_(self.optimizer)
+        self._grads_masked = False
+        self.step_count = step
+        if self.update_due(step):
+            new = self.update_masks(step)
+            if new is not None:
+                self.masks.set_masks(new, self.optimizer)
+                self._record("update", {})
+
+    def step(self) -> None:
+        """Call after ``optimizer.step()`` in your own loop (optionally ``pre_step()`` before
+        it, which is cheaper); or use ``attach()`` to hook both into the optimizer."""
+        self.post_step()
+
+    def attach(self, optimizer: torch.optim.Optimizer | None = None) -> SparsityMethod:
+        """Hook into ``optimizer.step`` (register_step_pre_hook / register_step_post_hook)."""
+        opt = optimizer or self.optimizer
+        if opt is None:
+            raise UserError("attach() needs an optimizer")
+        self.optimizer = opt
+        self._handles = [opt.register_step_pre_hook(lambda *_: self.pre_step()),
+                         opt.register_step_post_hook(lambda *_: self.post_step())]
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def squash(self) -> nn.Module:
+        self.detach()
+        self.masks.squash()
+        return self.model
+
+    # -- reporting ----------------------------------------------------------------------
+    def _record(self, event: str, extra: dict[str, Any]) -> None:
+        self.log.append({"event": event, "step": self.step_count,
+                         "density": self.masks.density(), **extra})
+
+    def report(self) -> dict[str, Any]:
+        return {"global": self.masks.density(), "layers": self.masks.layer_densities()}
+
+    # -- engine callback ----------------------------------------------------------------
+    def on_train_start(self, trainer: Any) -> None:
+        if not self.prepared:
+            raise RuntimeError("call prepare() before training (the engine's run does)")
+        self.optimizer = trainer.optimizer
+
+    def before_optimizer_step(self, trainer: Any) -> None:
+        self.pre_step()
+
+    def after_optimizer_step(self, trainer: Any) -> None:
+        self.post_step()
+
+    def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
+        metrics["density"] = self.masks.density()
+
+    def progress(self) -> dict[str, str]:
+        return {"density": f"{self.masks.density():.3f}"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method_name, "step": self.step_count, "prepared": self.prepared,
+                "generator": self.generator.get_state(), "log": list(self.log),
+                "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["method"] != self.method_name:
+            raise UserError(f"checkpoint was made by sparsity method {state['method']!r}, "
+                            f"not {self.method_name!r}")
+        self.step_count = state["step"]
+        self.prepared = state["prepared"]
+        self.generator.set_state(state["generator"])
+        self.log = list(state["log"])
+        self.load_extra_state(state["extra"])
+
+
+def batches_from(fn: Callable[[], Batches] | Batches | None) -> Batches | None:
+    return fn() if callable(fn) else fn
