@@ -68,10 +68,10 @@ def main() -> None:
     for r in rows:
         flops = (f"{r['flops_sparse'] / 1e6:.1f}M / {r['flops_dense'] / 1e6:.1f}M"
                  if r["flops_dense"] != "" else "")
+        nz = f"{r['params_nonzero']:,}" if r["params_nonzero"] != "" else ""
         lines.append(f"| {r['recipe']} | {r['budget'] or '—'} | {r['score'] or '—'} | "
                      f"{r['density']} | {100 * r['test_acc']:.2f}% | {r['test_loss']} | {flops} | "
-                     f"{r['params_nonzero']:,} | {r['images_per_s']} | "
-                     f"{r['wall_s'] / 60:.1f} min |")
+                     f"{nz} | {r['images_per_s']} | {r['wall_s'] / 60:.1f} min |")
     text = "\n".join(lines)
     print(text)
     if not args.no_append:
