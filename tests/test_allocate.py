@@ -49,7 +49,7 @@ def test_registry_lists_every_kind() -> None:
 def test_resnet20_erk_reference_values() -> None:
     shapes = resnet20_shapes()
     assert sum(math.prod(s) for s in shapes.values()) == 270_896
-    assert list(shapes)[0] == "conv1" and list(shapes)[-1] == "fc"
+    assert next(iter(shapes)) == "conv1" and list(shapes)[-1] == "fc"
     densities, eps = allocate_with_epsilon("erk", shapes, 0.1)
     assert list(densities) == list(shapes)
     # Σ raw_l N_l = Σ sum(shape) = 1527 over the uncapped layers; the stage-2 shortcut (512
@@ -95,8 +95,8 @@ def test_uniform_plus_above_twenty_percent_classifier_shares() -> None:
 
 
 def test_uniform_plus_infeasible_names_numbers() -> None:
-    shapes = {"stem": [64, 3, 7, 7], "fc": [10, 64]}  # 9408 + 640; budget 1004.8 < 9408
-    with pytest.raises(UserError, match=r"uniform_plus.*9,408"):
+    shapes = {"stem": [64, 3, 7, 7], "fc": [10, 64]}  # 9408 + 0.2·640 = 9536 > 1004.8
+    with pytest.raises(UserError, match=r"uniform_plus.*stem=1, fc=0.2.*9,536.0"):
         allocate("uniform_plus", shapes, 0.1)
 
 

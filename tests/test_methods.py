@@ -35,6 +35,8 @@ def test_registry_and_unknown_names() -> None:
         create_method("static", model, density=0.1, score="snipp")
     with pytest.raises(UserError, match="density"):
         create_method("static", model, density=1.5)
+    with pytest.raises(UserError, match="drop dense_first"):
+        create_method("static", model, density=0.1, budget="uniform_plus", dense_first=True)
     defaults = SparsityConfig().model_dump()
     opts = {**defaults, "budget": "er"}
     with pytest.raises(UserError, match=r"sparsity\.budget is not used by method 'dense'"):

@@ -144,13 +144,14 @@ def solve_scaled(
         raise ValueError("raw scores of free layers must be positive")
     total = sum(sizes.values())
     kept_fixed = sum(d * sizes[n] for n, d in fixed.items())
-    most = kept_fixed + sum(sizes[n] for n in free)
+    room = sum(sizes[n] for n in free)
     tol = _REL_TOL * total
-    if not kept_fixed - tol <= budget <= most + tol:
+    if not kept_fixed - tol <= budget <= kept_fixed + room + tol:
+        pinned = ", ".join(f"{n}={d:g}" for n, d in fixed.items()) or "none"
         raise UserError(
             f"density {budget / total:.6g} ({budget:,.1f} of {total:,} weights) is out of reach: "
-            f"layers at fixed densities ({', '.join(fixed) or 'none'}) keep {kept_fixed:,.1f} and "
-            f"the other layers can hold at most {most - kept_fixed:,} more"
+            f"layers at fixed densities ({pinned}) keep {kept_fixed:,.1f} and the other layers "
+            f"can hold at most {room:,} more"
         )
     capped: set[str] = set()
     while True:

@@ -9,6 +9,7 @@ from sparsetrain.models import create_model
 from sparsetrain.models.flops import layer_flops
 from sparsetrain.sparsity.allocate import allocate, counts
 from sparsetrain.sparsity.masks import prunable_parameters
+from sparsetrain.sparsity.methods.static import check_budget_options
 
 
 def plan_budget(
@@ -25,6 +26,7 @@ def plan_budget(
     if budget in ("global", "snip_ratio", "grasp_ratio"):
         raise UserError(f"budget {budget!r} depends on scores of a model and data; plan a "
                         "layer-wise budget (uniform, uniform_plus, er, erk, erk_plus)")
+    check_budget_options(budget, dense_first, dense_classifier)
     model = create_model(model_name, num_classes=num_classes)
     names = prunable_parameters(model, dense_first=dense_first,
                                 dense_classifier=dense_classifier)

@@ -25,6 +25,17 @@ RATIO_BUDGETS = {"snip_ratio": "snip", "grasp_ratio": "grasp"}
 DATA_SCORES = ("snip", "grasp", "gradient")
 
 
+def check_budget_options(budget: str, dense_first: bool, dense_classifier: bool) -> None:
+    """uniform_plus / erk_plus set the first conv / classifier themselves; with those layers
+    removed from the masked set they would wrongly apply the rule to the next layer."""
+    if budget == "uniform_plus" and dense_first:
+        raise UserError("budget 'uniform_plus' already keeps the first conv dense; "
+                        "drop dense_first")
+    if budget == "erk_plus" and dense_classifier:
+        raise UserError("budget 'erk_plus' already sets the classifier's density; "
+                        "drop dense_classifier")
+
+
 @register_method
 class Dense(SparsityMethod):
     """No sparsity: no mask buffers, no per-step work (the baseline)."""
@@ -65,6 +76,8 @@ class Static(SparsityMethod):
         get_score(score)  # validates the name
         if bernoulli and (budget == "global" or score != "random"):
             raise UserError("bernoulli masks need score 'random' and a layer-wise budget")
+        check_budget_options(budget, kw.get("dense_first", False),
+                             kw.get("dense_classifier", False))
         self.budget, self.score, self.bernoulli = budget, score, bernoulli
         self.budget_options = dict(budget_options or {})
 
