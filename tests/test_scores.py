@@ -165,8 +165,6 @@ def test_bernoulli_masks_fixed_seed() -> None:
     assert torch.equal(masks["b"], (torch.rand(50, 20, generator=g) < 0.05).float())
 
 
-
-
 def test_densities_of() -> None:
     masks = {"a": torch.tensor([1.0, 0.0, 0.0, 1.0]), "b": torch.zeros(2, 5), "c": torch.ones(3)}
     assert densities_of(masks) == {"a": 0.5, "b": 0.0, "c": 1.0}
