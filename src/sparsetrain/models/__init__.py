@@ -13,9 +13,12 @@ from sparsetrain.models import mobilenet, resnet, resnet_cifar, vgg, wrn  # noqa
 from sparsetrain.models._registry import (
     ModelInfo,
     create_model,
+    init_weights,
     list_models,
     model_info,
     register_model,
 )
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+__all__ = [
+    "ModelInfo", "create_model", "init_weights", "list_models", "model_info", "register_model",
+]

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsetrain.errors import UserError
+from sparsetrain.models import init_weights
 from sparsetrain.sparsity.topk import _check_density, densities_of, global_masks
 
 __all__ = [
@@ -313,7 +314,8 @@ def ratio_densities(
 ) -> dict[str, float]:
     """Per-layer densities of SNIP-ratio / GraSP-ratio (Liu et al., ICLR 2022, Sec. 4).
 
-    Scores a deep copy re-initialized by each module's ``reset_parameters()`` (under a forked
+    Scores a deep copy re-initialized by each module's ``reset_parameters()`` (then, for models
+    of the zoo, by the zoo's own initialization, as the paper re-draws its init) (under a forked
     torch RNG seeded from ``generator``; the caller's global RNG state is untouched), takes one
     global top-k at ``density`` and returns each layer's kept fraction. The caller then draws
     random masks with these densities.
@@ -334,5 +336,7 @@ def ratio_densities(
                 reset = getattr(m, "reset_parameters", None)
                 if callable(reset):
                     reset()
+            if getattr(net, "arch_name", None) is not None:  # a zoo model: its own init
+                init_weights(net)
     scores = SCORES[kind](net, names, batches, generator=generator, density=density)
     return densities_of(global_masks(scores, density))
