@@ -41,6 +41,25 @@ def row(recipe: str, cfg, s: dict) -> dict:
     }
 
 
+def _typed(r: dict) -> dict:
+    """A CSV row back with numbers as numbers."""
+    out = dict(r)
+    for k in ("test_acc", "test_loss", "density"):
+        out[k] = float(r[k])
+    for k in ("flops_dense", "flops_sparse", "params_nonzero", "images_per_s", "train_s",
+              "wall_s"):
+        out[k] = int(r[k]) if r[k] != "" else ""
+    return out
+
+
+def _write(path: str, rows: list[dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipes", nargs="+")
@@ -51,18 +70,22 @@ def main() -> None:
     p.add_argument("--title", default="CPU-protocol comparison")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
+    previous = {}
+    if Path(args.csv).is_file():  # rows of an earlier (perhaps stopped) sweep are kept
+        with open(args.csv, newline="") as f:
+            previous = {r["recipe"]: r for r in csv.DictReader(f)}
     rows = []
     for recipe in args.recipes:
         cfg = load_config(recipe, [*args.set, f"out_dir={args.out_dir}", "train.progress=false"])
         done = cfg.run_dir / "summary.json"
+        if Path(recipe).name in previous and not done.is_file():
+            rows.append(_typed(previous[Path(recipe).name]))
+            print(f"{recipe}: kept from {args.csv}", flush=True)
+            continue
         s = json.loads(done.read_text()) if done.is_file() else train(cfg)
         rows.append(row(Path(recipe).name, cfg, s))
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, FIELDS)
-            w.writeheader()
-            w.writerows(rows)
         print(f"{recipe}: top-1 {100 * s['final']['test_acc']:.2f}%", flush=True)
+        _write(args.csv, rows)
     lines = ["| recipe | budget | score | density | top-1 | test loss | effective FLOPs | "
              "nonzero params | train img/s | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
