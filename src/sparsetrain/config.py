@@ -98,6 +98,16 @@ class SparsityConfig(_Section):
     seed: int | None = Field(None, ge=0)  # default: the run seed
     score_batches: int = Field(1, ge=1)  # training batches seen by data-dependent scores
     budget_options: dict[str, Any] = Field(default_factory=dict)
+    # methods that change masks during training (None: the method's own default).
+    # Times: steps (1000), epochs ("80ep") or a fraction of the run ("50%").
+    initial_density: float | None = Field(None, gt=0, le=1)  # GMP/GraNet start (GraNet-ST 0.5)
+    t_start: int | str | None = None  # GMP/GraNet t_0 (default 0)
+    t_end: int | str | None = None  # GMP/GraNet t_f (default "50%"), SET/RigL T_end ("75%")
+    delta_t: int | None = Field(None, ge=1)  # steps between mask updates (default 100)
+    update_fraction: float | None = Field(None, ge=0, le=1)  # GraNet r_0 (0.5), SET/RigL α_0 (0.3)
+    update_fraction_min: float | None = Field(None, ge=0, le=1)  # GraNet r_min (0.005)
+    pruning: Literal["global", "layerwise"] | None = None  # GMP/GraNet threshold (global)
+    regrow_after_prune_end: bool | None = None  # GraNet keeps regenerating after t_f (true)
 
 
 class RunConfig(_Section):

@@ -159,11 +159,11 @@ def make_loaders(
 
 
 def build_method(
-    cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer | None
+    cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer | None, **run: Any
 ) -> SparsityMethod:
     """The configured sparsity method (``dense`` adds no masks and no per-step work)."""
     return method_from_config(cfg.sparsity.model_dump(), SparsityConfig().model_dump(), model,
-                              optimizer, seed=cfg.seed)
+                              optimizer, seed=cfg.seed, **run)
 
 
 def score_batches(loader: DeviceLoader | StreamLoader, n: int) -> list:
@@ -229,7 +229,8 @@ def train(
         warmup_epochs=t.warmup_epochs, milestones=t.milestones, gamma=t.gamma,
         final_frac=t.final_lr_frac,
     )
-    method = build_method(cfg, model, optimizer)
+    method = build_method(cfg, model, optimizer, steps_per_epoch=len(train_loader),
+                          total_steps=t.epochs * len(train_loader))
     if ckpt is None:
         method.prepare(score_batches(train_loader, cfg.sparsity.score_batches))
     forward_model = torch.compile(model) if t.compile else model

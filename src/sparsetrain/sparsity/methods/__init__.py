@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from sparsetrain.errors import UserError
-from sparsetrain.sparsity.methods import static as _static  # noqa: F401  (registers)
+from sparsetrain.sparsity.methods import dynamic as _dynamic  # noqa: F401  (registers)
+from sparsetrain.sparsity.methods import static as _static  # noqa: F401
 from sparsetrain.sparsity.methods.base import (
     METHODS,
     SparsityMethod,
@@ -39,10 +40,11 @@ def accepted_options(cls: type[SparsityMethod]) -> set[str]:
 
 def method_from_config(
     options: dict[str, Any], defaults: dict[str, Any], model: nn.Module,
-    optimizer: torch.optim.Optimizer | None, *, seed: int,
+    optimizer: torch.optim.Optimizer | None, *, seed: int, **run: Any,
 ) -> SparsityMethod:
     """Build the method named by ``options["method"]`` from a config section; a key the method
-    does not use but that differs from its default is an error, never silently ignored."""
+    does not use but that differs from its default is an error, never silently ignored.
+    ``run`` passes what the run knows (``total_steps``, ``steps_per_epoch``)."""
     name = options["method"]
     if name not in METHODS:
         raise UserError(f"unknown sparsity method {name!r}; choose from {list_methods()}")
@@ -56,4 +58,4 @@ def method_from_config(
         elif value != defaults.get(key):
             raise UserError(f"sparsity.{key} is not used by method {name!r}")
     kwargs["seed"] = seed if kwargs.get("seed") is None else kwargs["seed"]
-    return create_method(name, model, optimizer, **kwargs)
+    return create_method(name, model, optimizer, **kwargs, **run)

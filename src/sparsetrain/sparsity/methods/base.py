@@ -72,6 +72,8 @@ class SparsityMethod(Callback):
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         seed: int = 0,
+        total_steps: int | None = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         if not 0 < density <= 1:
             raise UserError(f"density must be in (0, 1], got {density}")
@@ -86,7 +88,11 @@ class SparsityMethod(Callback):
         self.prepared = False
         self._handles: list[RemovableHandle] = []
         self._grads_masked = False
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.log: list[dict[str, Any]] = []  # one entry per mask change
+        self._logged = 0  # log entries already written to an epoch's metrics
+        # ITOP (Liu et al. 2021): the union of all masks so far, as a bool tensor per layer
+        self.union: dict[str, torch.Tensor] = {}
 
     # -- hooks for subclasses -----------------------------------------------------------
     def select_parameters(self, model: nn.Module, **options: Any) -> list[str]:
@@ -120,8 +126,9 @@ class SparsityMethod(Callback):
         masks = self.initial_masks(batches)
         if masks is not None:
             self.masks.set_masks(masks, self.optimizer)
+        self.union = {n: m.bool() for n, m in self.masks.masks.items()}
         self.prepared = True
-        self._record("init", {})
+        self._record("init", dropped=0, grown=0)
         return self
 
     def pre_step(self) -> None:
@@ -150,8 +157,21 @@ class SparsityMethod(Callback):
         if self.update_due(step):
             new = self.update_masks(step)
             if new is not None:
-                self.masks.set_masks(new, self.optimizer)
-                self._record("update", {})
+                self.apply_update(new)
+
+    @torch.no_grad()
+    def apply_update(self, new: Mapping[str, torch.Tensor]) -> None:
+        """Install new masks (pruned weights and their optimizer state zeroed; grown weights
+        were masked, so they start at 0 with zero state) and log the topology change."""
+        dropped = grown = 0
+        for n, m in new.items():
+            old = self.masks.masks[n]
+            grown += int((m > old).sum())
+            dropped += int((m < old).sum())
+        self.masks.set_masks(new, self.optimizer)
+        for n, m in self.masks.masks.items():
+            self.union[n] |= m.bool()
+        self._record("update", dropped=dropped, grown=grown)
 
     def step(self) -> None:
         """Call after ``optimizer.step()`` in your own loop (optionally ``pre_step()`` before
@@ -179,12 +199,22 @@ class SparsityMethod(Callback):
         return self.model
 
     # -- reporting ----------------------------------------------------------------------
-    def _record(self, event: str, extra: dict[str, Any]) -> None:
-        self.log.append({"event": event, "step": self.step_count,
-                         "density": self.masks.density(), **extra})
+    def itop_rate(self) -> float:
+        """Fraction of the masked weights that were ever active (Liu et al. 2021, ITOP)."""
+        total = sum(u.numel() for u in self.union.values())
+        return sum(int(u.sum()) for u in self.union.values()) / total if total else 1.0
+
+    def _record(self, event: str, *, dropped: int, grown: int) -> None:
+        active = sum(self.masks.counts().values())
+        self.log.append({
+            "event": event, "step": self.step_count, "density": self.masks.density(),
+            "dropped": dropped, "grown": grown, "churn": grown / active if active else 0.0,
+            "itop": self.itop_rate(), "layers": self.masks.layer_densities(),
+        })
 
     def report(self) -> dict[str, Any]:
-        return {"global": self.masks.density(), "layers": self.masks.layer_densities()}
+        return {"global": self.masks.density(), "layers": self.masks.layer_densities(),
+                "itop": self.itop_rate(), "updates": sum(e["event"] == "update" for e in self.log)}
 
     # -- engine callback ----------------------------------------------------------------
     def on_train_start(self, trainer: Any) -> None:
@@ -200,6 +230,10 @@ class SparsityMethod(Callback):
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
         metrics["density"] = self.masks.density()
+        metrics["itop"] = self.itop_rate()
+        if len(self.log) > self._logged:
+            metrics["mask_updates"] = self.log[self._logged:]
+            self._logged = len(self.log)
 
     def progress(self) -> dict[str, str]:
         return {"density": f"{self.masks.density():.3f}"}
@@ -207,7 +241,7 @@ class SparsityMethod(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method_name, "step": self.step_count, "prepared": self.prepared,
                 "generator": self.generator.get_state(), "log": list(self.log),
-                "extra": self.extra_state()}
+                "logged": self._logged, "union": dict(self.union), "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["method"] != self.method_name:
@@ -217,6 +251,8 @@ class SparsityMethod(Callback):
         self.prepared = state["prepared"]
         self.generator.set_state(state["generator"])
         self.log = list(state["log"])
+        self._logged = state["logged"]
+        self.union = {n: u.to(self.masks.masks[n].device) for n, u in state["union"].items()}
         self.load_extra_state(state["extra"])
 
 
