@@ -1,4 +1,4 @@
-"""``sparsetrain`` command line: train, eval, budget, list.
+"""``sparsetrain`` command line: train, lottery, oneshot, eval, budget, list.
 
 Bad input (unknown names, out-of-range values, missing or corrupt files) prints one line
 ``sparsetrain: error: ...`` and exits with code 2 before any work, leaving outputs untouched.
@@ -95,6 +95,30 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lottery(args: argparse.Namespace) -> int:
+    from sparsetrain.config import load_config
+    from sparsetrain.train.lottery import run_lottery
+
+    cfg = load_config(resolve_recipe(args.config), args.overrides)
+    rewind = int(args.rewind) if args.rewind.isdigit() else args.rewind
+    for r, s in enumerate(run_lottery(cfg, rounds=args.rounds, prune_fraction=args.prune_fraction,
+                                      rewind=rewind)):
+        print(f"round {r}: density {s['density']['global']:.4f}, "
+              f"test top-1 {100 * s['final']['test_acc']:.2f}%")
+    return 0
+
+
+def _cmd_oneshot(args: argparse.Namespace) -> int:
+    from sparsetrain.config import load_config
+    from sparsetrain.train.lottery import run_oneshot
+
+    cfg = load_config(resolve_recipe(args.config), args.overrides)
+    s = run_oneshot(cfg, args.checkpoint)
+    print(f"one-shot at density {s['density']['global']:.4f}: test top-1 "
+          f"{100 * s['final']['test_acc']:.2f}%; run dir {cfg.run_dir}")
+    return 0
+
+
 def _cmd_budget(args: argparse.Namespace) -> int:
     from sparsetrain.sparsity.plan import format_plan, plan_budget
 
@@ -124,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(fn=_cmd_eval)
+
+    lt = sub.add_parser("lottery", help="iterative magnitude pruning with rewinding")
+    lt.add_argument("--config", "-c", required=True)
+    lt.add_argument("--rounds", type=int, required=True)
+    lt.add_argument("--prune-fraction", type=float, default=0.2,
+                    help="fraction of the remaining weights pruned per round")
+    lt.add_argument("--rewind", default="0",
+                    help="rewind point: steps (500), epochs ('1ep') or a fraction ('1%%')")
+    lt.add_argument("overrides", nargs="*", metavar="key=value")
+    lt.set_defaults(fn=_cmd_lottery)
+
+    os_ = sub.add_parser("oneshot", help="prune a trained checkpoint once, then fine-tune")
+    os_.add_argument("--config", "-c", required=True, help="fine-tuning recipe "
+                     "(sparsity.density = the target)")
+    os_.add_argument("--checkpoint", required=True)
+    os_.add_argument("overrides", nargs="*", metavar="key=value")
+    os_.set_defaults(fn=_cmd_oneshot)
 
     b = sub.add_parser("budget", help="per-layer densities, params and FLOPs of a budget")
     b.add_argument("--model", required=True)
