@@ -1,10 +1,12 @@
-"""Per-step cost of masking: a static 90%-sparse ResNet-20 epoch vs a dense epoch.
+"""Per-step cost of sparsity methods: epochs of sparse ResNet-20 vs dense, interleaved.
 
-Both run through the real engine (Trainer) on the shared CIFAR-10 with the CPU protocol's
-optimizer and precision; epochs alternate A/B/A/B... and the median epoch time of each side is
-reported. The sparse side pays one foreach multiply of the gradients by the masks per step.
+Every side runs through the real engine (Trainer) on the shared CIFAR-10 with the CPU
+protocol's optimizer, precision and schedule lengths (15 epochs, ΔT = 100); epochs alternate
+dense, method 1, method 2, ... and the median epoch time of each side is reported. Static masks
+cost one foreach multiply of the gradients per step; GraNet/RigL add a mask update every ΔT.
 
-    python benchmarks/overhead.py --pairs 3
+    python benchmarks/overhead.py --methods static --pairs 3
+    python benchmarks/overhead.py --methods granet rigl --pairs 3
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ from sparsetrain.train.optim import build_optimizer
 from sparsetrain.train.schedules import build_schedule
 
 
-def make_trainer(model_name: str, data, density: float | None) -> Trainer:
+def make_trainer(model_name: str, data, method: str | None, density: float) -> Trainer:
     torch.manual_seed(0)
     info = get_dataset_info("cifar10")
     loader = DeviceLoader(data, 128, info.mean, info.std, train=True, seed=0)
     model = create_model(model_name).to(memory_format=torch.channels_last)
     opt = build_optimizer(model, "sgd", lr=0.1, weight_decay=5e-4)
+    spe, epochs = len(loader), 15
     callbacks = []
-    if density is not None:
-        method = create_method("static", model, opt, density=density, budget="erk", seed=0)
-        callbacks.append(method.prepare())
-    sched = build_schedule("cosine", epochs=1000, steps_per_epoch=len(loader), warmup_epochs=1)
-    return Trainer(model, opt, sched, loader, {}, epochs=1000, device=torch.device("cpu"),
+    if method is not None:
+        m = create_method(method, model, opt, density=density, seed=0,
+                          total_steps=epochs * spe, steps_per_epoch=spe)
+        callbacks.append(m.prepare())
+    sched = build_schedule("cosine", epochs=epochs, steps_per_epoch=spe, warmup_epochs=1)
+    return Trainer(model, opt, sched, loader, {}, epochs=epochs, device=torch.device("cpu"),
                    precision="bf16", callbacks=callbacks, progress=False, max_steps=None)
 
 
@@ -50,34 +54,41 @@ def timed_epoch(tr: Trainer, steps: int | None) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
+    p.add_argument("--methods", nargs="+", default=["static"])
     p.add_argument("--density", type=float, default=0.1)
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=3, help="rounds of one epoch per side")
     p.add_argument("--steps", type=int, default=None, help="steps per window (default: epoch)")
     p.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
     data = load_split("cifar10", args.data, "train")
-    dense = make_trainer(args.model, data, None)
-    sparse = make_trainer(args.model, data, args.density)
-    timed_epoch(dense, 20)  # warm-up
-    timed_epoch(sparse, 20)
-    td, ts = [], []
+    sides = {"dense": make_trainer(args.model, data, None, args.density)}
+    for m in args.methods:
+        sides[m] = make_trainer(args.model, data, m, args.density)
+    for tr in sides.values():
+        timed_epoch(tr, 20)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in sides}
     for i in range(args.pairs):
-        td.append(timed_epoch(dense, args.steps))
-        ts.append(timed_epoch(sparse, args.steps))
-        print(f"pair {i + 1}/{args.pairs}: dense {td[-1]:.2f} s, sparse {ts[-1]:.2f} s", flush=True)
-    md, msp = statistics.median(td), statistics.median(ts)
-    density = sparse.callbacks[0].masks.density()
+        for name, tr in sides.items():
+            times[name].append(timed_epoch(tr, args.steps))
+        print(f"round {i + 1}/{args.pairs}: " + ", ".join(
+            f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
     window = f"{args.steps} steps" if args.steps else "one epoch (390 steps)"
-    text = (f"| model | window | dense median | static density {density:.3f} median | "
-            f"overhead |\n|---|---|---|---|---|\n| {args.model} | {window} | {md:.2f} s "
-            f"({min(td):.2f}–{max(td):.2f}) | {msp:.2f} s ({min(ts):.2f}–{max(ts):.2f}) | "
-            f"{100 * (msp / md - 1):+.1f}% |")
+    lines = ["| model | method | window | median epoch (min–max) | vs dense | mask updates |",
+             "|---|---|---|---|---|---|"]
+    for k, v in times.items():
+        cb = sides[k].callbacks
+        updates = sum(e["event"] == "update" for e in cb[0].log) if cb else 0
+        lines.append(f"| {args.model} | {k} | {window} | {med[k]:.2f} s ({min(v):.2f}–"
+                     f"{max(v):.2f}) | {100 * (med[k] / med['dense'] - 1):+.1f}% | {updates} |")
+    text = "\n".join(lines)
     print(text)
     if not args.no_append:
-        append_markdown(header("Mask overhead (benchmarks/overhead.py)")
-                        + f"{args.pairs} interleaved A/B pairs through the engine (bf16, "
-                        "channels_last, batch 128, SGD nesterov); ERK random mask.\n\n" + text)
+        append_markdown(header("Method overhead (benchmarks/overhead.py)")
+                        + f"{args.pairs} interleaved rounds through the engine (bf16, "
+                        f"channels_last, batch 128, SGD nesterov), density {args.density}, "
+                        "schedules of a 15-epoch run (ΔT = 100).\n\n" + text)
 
 
 if __name__ == "__main__":
