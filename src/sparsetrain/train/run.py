@@ -197,6 +197,41 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
     return run_dir
 
 
+@dataclass
+class Built:
+    """Everything a run trains with, before any state is loaded."""
+
+    data: DataBundle
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    train_loader: DeviceLoader | StreamLoader
+    eval_loaders: dict[str, DeviceLoader | StreamLoader]
+    method: SparsityMethod
+
+
+def build(cfg: RunConfig, device: torch.device) -> Built:
+    """Data, model (with mask buffers), optimizer, LR schedule, loaders and sparsity method."""
+    data = load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.num_classes).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, eval_loaders = make_loaders(cfg, data, device)
+    t = cfg.train
+    optimizer = build_optimizer(
+        model, t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
+        nesterov=t.nesterov, betas=t.betas, exclude_norm_bias=t.wd_exclude_norm_bias,
+    )
+    spe = len(train_loader)
+    schedule = build_schedule(
+        t.schedule, epochs=t.epochs, steps_per_epoch=spe, warmup_epochs=t.warmup_epochs,
+        milestones=t.milestones, gamma=t.gamma, final_frac=t.final_lr_frac,
+    )
+    method = build_method(cfg, model, optimizer, steps_per_epoch=spe, total_steps=t.epochs * spe)
+    return Built(data, model, optimizer, schedule, train_loader, eval_loaders, method)
+
+
 def train(
     cfg: RunConfig,
     *,
@@ -212,97 +247,77 @@ def train(
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     ckpt = load_checkpoint(run_dir / "last.pt") if resume else None
-
-    data = load_data(cfg)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.num_classes).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_loader, eval_loaders = make_loaders(cfg, data, device)
-    t = cfg.train
-    optimizer = build_optimizer(
-        model, t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
-        nesterov=t.nesterov, betas=t.betas, exclude_norm_bias=t.wd_exclude_norm_bias,
-    )
-    schedule = build_schedule(
-        t.schedule, epochs=t.epochs, steps_per_epoch=len(train_loader),
-        warmup_epochs=t.warmup_epochs, milestones=t.milestones, gamma=t.gamma,
-        final_frac=t.final_lr_frac,
-    )
-    method = build_method(cfg, model, optimizer, steps_per_epoch=len(train_loader),
-                          total_steps=t.epochs * len(train_loader))
+    b = build(cfg, device)
     if ckpt is None:
-        method.prepare(score_batches(train_loader, cfg.sparsity.score_batches))
-    forward_model = torch.compile(model) if t.compile else model
+        b.method.prepare(score_batches(b.train_loader, cfg.sparsity.score_batches))
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     best: dict[str, Any] = {}
+    classes = list(b.data.train.classes)
 
     def save(tr: Trainer) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": cfg.model_dump(mode="json"),
-            "model": model.state_dict(),
-            "classes": list(data.train.classes),
-            "trainer": tr.state_dict(),
-            "best": dict(best),
-            "rng": rng_state(),
-        }
-        save_checkpoint(state, run_dir / "last.pt")
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "config": cfg.model_dump(mode="json"),
+                         "model": b.model.state_dict(), "classes": classes,
+                         "trainer": tr.state_dict(), "best": dict(best), "rng": rng_state()},
+                        run_dir / "last.pt")
 
     def log(metrics: dict[str, Any]) -> None:
-        _update_best(best, metrics, has_val=data.val is not None, model=model, cfg=cfg,
-                     classes=data.train.classes, run_dir=run_dir)
+        _update_best(best, metrics, has_val=b.data.val is not None, model=b.model, cfg=cfg,
+                     classes=classes, run_dir=run_dir)
         with metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
 
+    t = cfg.train
     trainer = Trainer(
-        model, optimizer, schedule, train_loader, eval_loaders, epochs=t.epochs, device=device,
-        precision=precision, label_smoothing=t.label_smoothing,
-        callbacks=[method, *(callbacks or [])],
-        eval_every=t.eval_every, grad_clip=t.grad_clip, max_steps=t.max_steps,
-        checkpoint_every=t.checkpoint_every, save_fn=save, log_fn=log, progress=t.progress,
-        forward_model=forward_model,
+        b.model, b.optimizer, b.schedule, b.train_loader, b.eval_loaders, epochs=t.epochs,
+        device=device, precision=precision, label_smoothing=t.label_smoothing,
+        callbacks=[b.method, *(callbacks or [])], eval_every=t.eval_every,
+        grad_clip=t.grad_clip, max_steps=t.max_steps, checkpoint_every=t.checkpoint_every,
+        save_fn=save, log_fn=log, progress=t.progress,
+        forward_model=torch.compile(b.model) if t.compile else b.model,
     )
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        b.model.load_state_dict(ckpt["model"])
         trainer.load_state_dict(ckpt["trainer"])
         best.update(ckpt["best"])
         set_rng_state(ckpt["rng"])
         _truncate_metrics(metrics_path, trainer.step)
         print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}")
     atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
-    print(
-        f"training {cfg.model.name} on {cfg.data.dataset} ({len(data.train)} train images) "
-        f"for {t.epochs} epochs on {device} in {precision}; run dir {run_dir}"
-    )
+    print(f"training {cfg.model.name} on {cfg.data.dataset} ({len(b.data.train)} train images) "
+          f"for {t.epochs} epochs on {device} in {precision}; run dir {run_dir}")
     trainer.fit()
+    summary = _summarize(cfg, trainer, b, best, device, precision)
+    summary["wall_s"] = time.perf_counter() - t_start
+    if ckpt is not None and (run_dir / "summary.json").is_file():
+        summary["wall_s"] += json.loads((run_dir / "summary.json").read_text()).get("wall_s", 0)
+    for cb in trainer.callbacks:
+        cb.on_train_end(trainer, summary)
+    write_json(summary, run_dir / "summary.json")
+    return summary
+
+
+def _summarize(cfg: RunConfig, trainer: Trainer, b: Built, best: dict[str, Any],
+               device: torch.device, precision: str) -> dict[str, Any]:
     last = trainer.history[-1]
-    summary = {
+    return {
         "name": cfg.name,
         "model": cfg.model.name,
         "dataset": cfg.data.dataset,
+        "method": b.method.method_name,
         "final": {k: last[k] for k in last if k.startswith(("test_", "val_"))},
         "best": best.get("metrics", {}),
         "epochs": trainer.epoch if trainer.batch_in_epoch == 0 else trainer.epoch + 1,
         "steps": trainer.step,
-        "wall_s": time.perf_counter() - t_start,
         "train_s": trainer.train_time,
         "images_per_s": trainer.images_seen / max(trainer.train_time, 1e-9),
-        **cost_report(model, method),
+        **cost_report(b.model, b.method),
         "device": str(device),
         "precision": precision,
         "seed": cfg.seed,
         "versions": environment(device),
         "git_commit": git_commit(),
     }
-    if ckpt is not None and (run_dir / "summary.json").is_file():
-        prev = json.loads((run_dir / "summary.json").read_text())
-        summary["wall_s"] += prev.get("wall_s", 0.0)
-    for cb in trainer.callbacks:
-        cb.on_train_end(trainer, summary)
-    write_json(summary, run_dir / "summary.json")
-    return summary
 
 
 def _update_best(best: dict[str, Any], metrics: dict[str, Any], *, has_val: bool,
