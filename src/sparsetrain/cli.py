@@ -61,18 +61,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from sparsetrain.train.evaluation import evaluate_checkpoint
+def _names(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
-    res = evaluate_checkpoint(args.checkpoint, data_path_override=args.data_path,
-                              device=args.device, precision=args.precision,
-                              batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(f"{args.checkpoint}: {res['model']} on {res['dataset']} test "
-              f"({res['n']} images): top-1 {100 * res['acc']:.2f}%, loss {res['loss']:.4f}, "
-              f"{res['params']:,} params")
+
+def _eps(text: str | None) -> list[float] | None:
+    """``"1,2,4,8"`` in units of 1/255."""
+    if not text:
+        return None
+    try:
+        return [float(t) / 255 for t in _names(text)]
+    except ValueError:
+        raise UserError(f"--eps takes numbers in units of 1/255, got {text!r}") from None
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from sparsetrain.evaluate.checkpoint import evaluate_checkpoint, format_result
+
+    res = evaluate_checkpoint(
+        args.checkpoint, data_path_override=args.data_path, device=args.device,
+        precision=args.precision, batch_size=args.batch_size, ood=_names(args.ood),
+        attacks=_names(args.attack), eps=_eps(args.eps), attack_images=args.attack_images,
+        latency=args.latency, record=not args.no_record)
+    print(json.dumps(res, indent=2) if args.json else format_result(res))
     return 0
 
 
@@ -146,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--ood", help="OOD sets, comma-separated: gaussian,uniform,blur,shuffle")
+    e.add_argument("--attack", help="adversarial attacks, comma-separated: fgsm,pgd")
+    e.add_argument("--eps", help="attack budgets in 1/255 units, comma-separated (1,2,4,8)")
+    e.add_argument("--attack-images", type=int, default=1000,
+                   help="test images attacked (the first N)")
+    e.add_argument("--latency", action="store_true", help="measure batch 1/64 latency")
+    e.add_argument("--no-record", action="store_true",
+                   help="do not add the result to the run's summary.json")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(fn=_cmd_eval)
 

@@ -110,6 +110,16 @@ class SparsityConfig(_Section):
     regrow_after_prune_end: bool | None = None  # GraNet keeps regenerating after t_f (true)
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation from teacher checkpoints (MEAL V2 style); off without teachers."""
+
+    teachers: list[str] = Field(default_factory=list)  # checkpoint paths (last.pt / best.pt)
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(0.0, ge=0, le=1)  # weight of the label loss; 0 = pure distillation
+    discriminator: bool = False  # MEAL V2's discriminator on the soft outputs
+    cache: str | None = None  # directory of cached soft labels (shared by students, same seed)
+
+
 class RunConfig(_Section):
     name: str = "run"
     out_dir: str = "runs"
@@ -118,6 +128,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -134,6 +134,9 @@ def check_config(cfg: RunConfig) -> None:
     """Cheap checks of names and paths, before any data is decoded."""
     info = model_info(cfg.model.name)
     check_data_path(data_path(cfg))
+    for teacher in cfg.distill.teachers:
+        if not Path(teacher).is_file():
+            raise UserError(f"teacher checkpoint not found: {teacher}")
     resolve_device(cfg.train.device)
     with torch.device("meta"):  # validates model kwargs and sparsity options, allocates nothing
         model = create_model(cfg.model.name, num_classes=info.default_num_classes,
@@ -171,6 +174,19 @@ def score_batches(loader: DeviceLoader | StreamLoader, n: int) -> list:
     scores at initialization; training's own batch order is unaffected."""
     plan = loader.plan(-1)
     return [loader.batch(plan, i) for i in range(min(n, len(loader)))]
+
+
+def distillation(cfg: RunConfig, device: torch.device, precision: str) -> list[Callback]:
+    """The distillation callback of a ``distill:`` section with teachers (else nothing)."""
+    d = cfg.distill
+    if not d.teachers:
+        return []
+    from sparsetrain.distill import build_distillation
+
+    return [build_distillation(d.teachers, device=device, precision=precision,
+                               channels_last=cfg.train.channels_last, temperature=d.temperature,
+                               alpha=d.alpha, discriminator=d.discriminator, cache=d.cache,
+                               seed=cfg.seed)]
 
 
 def cost_report(model: nn.Module, method: SparsityMethod) -> dict[str, Any]:
@@ -248,6 +264,7 @@ def train(
     precision = resolve_precision(cfg.train.precision, device)
     ckpt = load_checkpoint(run_dir / "last.pt") if resume else None
     b = build(cfg, device)
+    callbacks = [b.method, *distillation(cfg, device, precision), *(callbacks or [])]
     if ckpt is None:
         b.method.prepare(score_batches(b.train_loader, cfg.sparsity.score_batches))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -271,7 +288,7 @@ def train(
     trainer = Trainer(
         b.model, b.optimizer, b.schedule, b.train_loader, b.eval_loaders, epochs=t.epochs,
         device=device, precision=precision, label_smoothing=t.label_smoothing,
-        callbacks=[b.method, *(callbacks or [])], eval_every=t.eval_every,
+        callbacks=callbacks, eval_every=t.eval_every,
         grad_clip=t.grad_clip, max_steps=t.max_steps, checkpoint_every=t.checkpoint_every,
         save_fn=save, log_fn=log, progress=t.progress,
         forward_model=torch.compile(b.model) if t.compile else b.model,
