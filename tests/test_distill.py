@@ -26,8 +26,7 @@ from sparsetrain.distill import (
     distill_loss,
     soft_target,
 )
-from sparsetrain.train.checkpoint import load_checkpoint
-from sparsetrain.train.evaluation import load_model
+from sparsetrain.train.checkpoint import load_checkpoint, load_model
 
 torch.set_num_threads(1)
 

@@ -157,7 +157,7 @@ def test_streaming_loader_trains_and_evaluates(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from sparsetrain.train.evaluation import evaluate_checkpoint
+    from sparsetrain.evaluate.checkpoint import evaluate_checkpoint
 
     rng = np.random.default_rng(0)
     root = tmp_path / "folder"

@@ -58,7 +58,7 @@ class TeacherEnsemble:
     ) -> TeacherEnsemble:
         """Load every checkpoint (missing or corrupt files are a :class:`UserError`); all
         teachers must share one class list."""
-        from sparsetrain.train.evaluation import load_model  # evaluation imports the run module
+        from sparsetrain.train.checkpoint import load_model
 
         if isinstance(paths, str | Path):
             paths = [paths]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from sparsetrain.errors import UserError
 
@@ -83,3 +84,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
+    """Rebuild the registered architecture a checkpoint was trained with (mask buffers
+    included) and load its weights; a mismatch is a :class:`UserError`."""
+    from sparsetrain.config import validate
+    from sparsetrain.models import create_model
+    from sparsetrain.sparsity.masks import add_mask_buffers
+
+    cfg = validate(ckpt["config"])
+    model = create_model(cfg.model.name, num_classes=len(ckpt["classes"]), **cfg.model.kwargs)
+    add_mask_buffers(model, ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(
+            f"checkpoint {path} does not match model {cfg.model.name}: {first}"
+        ) from None
+    return model

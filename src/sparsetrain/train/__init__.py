@@ -1,0 +1,1 @@
+"""Training: the engine (epoch loop), optimizers, LR schedules, precision, checkpoints, runs."""
