@@ -1,0 +1,295 @@
+"""The report: synthetic run directories (complete, partial, corrupt) -> HTML + Markdown."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparsetrain.errors import UserError
+from sparsetrain.report import build_report, find_runs, load_run, results_table
+from sparsetrain.report.plots import BUILDERS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LAYERS = {"conv1.weight": 0.5, "layer1.0.conv1.weight": 0.08, "fc.weight": 0.3}
+ODD_NAME = 'only<config>&"co'
+
+
+def _config(name: str, sparsity: dict | None = None) -> dict:
+    cfg = {"name": name, "seed": 0, "data": {"dataset": "cifar10"}, "model": {"name": "resnet20"},
+           "train": {"epochs": 3, "precision": "bf16"}}
+    return {**cfg, "sparsity": sparsity} if sparsity else cfg
+
+
+def _epochs(accs: list[float], **extra: object) -> list[dict]:
+    return [{"epoch": i + 1, "step": 100 * (i + 1), "lr": 0.1, "train_loss": 2.0 - 0.5 * i,
+             "train_acc": a - 0.05, "test_acc": a, "test_loss": 1.0, "time_s": 60.0 * (i + 1),
+             **extra} for i, a in enumerate(accs)]
+
+
+def _summary(name: str, method: str, acc: float, density: float, **extra: object) -> dict:
+    return {"name": name, "model": "resnet20", "dataset": "cifar10", "method": method,
+            "final": {"test_acc": acc, "test_loss": 0.5}, "epochs": 3, "steps": 300,
+            "wall_s": 600.0, "density": {"global": density,
+                                         "layers": {} if density == 1 else LAYERS},
+            "flops": {"dense": 81_600_000, "sparse": round(81_600_000 * density)},
+            "params": {"total": 272_474, "nonzero": round(272_474 * density)},
+            "device": "cpu", "precision": "bf16", "seed": 0,
+            "versions": {"torch": "2.13.0+cpu"}, "git_commit": "0123456789abcdef-dirty",
+            **extra}
+
+
+def _write_run(root: Path, name: str, config: object = None, metrics: list | None = None,
+               summary: dict | None = None) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    if config is not None:
+        (d / "config.yaml").write_text(config if isinstance(config, str) else yaml.dump(config))
+    if metrics is not None:
+        (d / "metrics.jsonl").write_text(
+            "".join(m if isinstance(m, str) else json.dumps(m) + "\n" for m in metrics))
+    if summary is not None:
+        (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def _make_runs(root: Path) -> list[Path]:
+    """Dense, static (with a partial eval), dynamic, evaluated + EagleEye, broken,
+    config-only runs, and a directory that is not a run."""
+    static_sp = {"method": "static", "density": 0.1, "budget": "erk"}
+    dense = _write_run(root, "dense", _config("dense"), _epochs([0.5, 0.8, 0.855]),
+                       _summary("dense", "dense", 0.855, 1.0))
+    static = _write_run(root, "static", _config("static", static_sp),
+                        _epochs([0.4, 0.7, 0.8097], density=0.1),
+                        _summary("static", "static", 0.8097, 0.1, eval={"best.pt": {
+                            "top1": 0.8, "robustness": {"fgsm": {"1/255": 0.6, "4/255": 0.3}}}}))
+    ups = [{"event": "init", "step": 0, "density": 0.1, "dropped": 0, "grown": 0, "churn": 0.0,
+            "itop": 0.1, "layers": LAYERS}]
+    ups += [{"event": "update", "step": s, "density": 0.1, "dropped": 50, "grown": 50,
+             "churn": 0.02 / (i + 1), "itop": 0.1 + 0.05 * (i + 1), "layers": LAYERS}
+            for i, s in enumerate((100, 200, 300))]
+    dyn_metrics = _epochs([0.45, 0.72, 0.82], density=0.1)
+    dyn_metrics[0]["mask_updates"], dyn_metrics[2]["mask_updates"] = ups[:2], ups[2:]
+    dynamic = _write_run(root, "rigl", _config("rigl", {**static_sp, "method": "rigl"}),
+                         dyn_metrics, _summary("rigl", "rigl", 0.82, 0.1))
+    rel = {"edges": [i / 4 for i in range(5)], "confidence": [None, 0.4, 0.62, 0.9],
+           "accuracy": [None, 0.35, 0.6, 0.85], "count": [0, 10, 40, 50]}
+    ev = {"top1": 0.79, "top5": 0.99, "nll": 0.6, "ece": 0.03125, "reliability": rel,
+          "ood": {"noise": {"auroc": 0.9, "aupr": 0.8}, "blur": {"auroc": 0.8, "aupr": 0.7}},
+          "robustness": {"clean": 0.79, "fgsm": {"2/255": 0.5, "8/255": 0.1234},
+                         "pgd": {"8/255": 0.01}}}
+    evald = _write_run(root, "evald", _config("evald", {**static_sp, "density": 0.02}),
+                       _epochs([0.3, 0.6, 0.79], density=0.02),
+                       _summary("evald", "static", 0.79, 0.02, eval={"last.pt": ev}))
+    (evald / "candidates.jsonl").write_text("".join(
+        json.dumps({"ratios": [0.5], "macs": 2e7 + 1e6 * i, "params": 1e5,
+                    "abn_score": 0.3 + 0.01 * i, "vanilla_score": 0.1 + 0.02 * (i % 3),
+                    "time_s": 1.0}) + "\n" for i in range(12)))
+    (evald / "correlation.json").write_text(json.dumps({"pearson": 0.91, "spearman": 0.875,
+                                                        "kendall": 0.7}))
+    broken = _write_run(root, "broken", "name: [unclosed\n  : :", [
+        json.dumps(_epochs([0.3])[0]) + "\n", "{not json\n", "[1, 2]\n",
+        json.dumps(_epochs([0.3, 0.4])[1]) + "\n"])
+    only = _write_run(root, ODD_NAME, _config("only", {**static_sp, "method": "set",
+                                                      "density": 0.05}))
+    notrun = root / "notes"
+    notrun.mkdir()
+    (notrun / "readme.txt").write_text("not a run")
+    return [dense, static, dynamic, evald, broken, only, notrun]
+
+
+class _Collector(HTMLParser):
+    """Tags, image sources, rows of the results table and the text of the problems list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.imgs: list[str] = []
+        self.rows: list[list[str]] = []
+        self.problems = ""
+        self._table: str | None = None
+        self._section: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(a.get("src") or "")
+        if tag == "table":
+            self._table = a.get("id")
+        if tag == "h2":
+            self._section = a.get("id")
+        if tag == "tr" and self._table == "results":
+            self.rows.append([])
+        if tag == "td" and self._table == "results":
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._table = None
+        if tag == "td" and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._section == "problems":
+            self.problems += data
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("runs")
+    dirs = _make_runs(root)
+    out = root.parent / f"{root.name}_out" / "report.html"
+    return build_report(dirs, out), out
+
+
+def test_results_table_rows_and_values(report) -> None:
+    result, out = report
+    page = _Collector()
+    page.feed(out.read_text(encoding="utf-8"))
+    rows = {r[0]: r for r in page.rows if r}
+    assert list(rows) == ["dense", "static", "rigl", "evald", "broken", ODD_NAME]
+    assert result.runs == list(rows)
+    headers, _ = results_table([])
+    col = {h: i for i, h in enumerate(headers)}
+    dense, static, evald = rows["dense"], rows["static"], rows["evald"]
+    assert dense[col["Top-1"]] == "85.50%" and dense[col["Density"]] == "1.000"
+    assert dense[col["Method"]] == "dense" and dense[col["Epochs"]] == "3/3"
+    assert dense[col["MACs"]] == "40.80M" and dense[col["Params"]] == "272.47K"
+    assert dense[col["Wall time"]] == "10m 00s" and dense[col["ECE"]] == "—"
+    assert static[col["Method"]] == "static (erk)" and static[col["Top-1"]] == "80.97%"
+    assert static[col["FGSM"]] == "30.00% [4/255]"  # no 8/255: the largest eps evaluated
+    assert static[col["MACs (eff.)"]] == "4.08M" and static[col["Nonzero"]] == "27.25K"
+    assert evald[col["ECE"]] == "0.0312" and evald[col["OOD AUROC"]] == "0.850"
+    assert evald[col["FGSM"]] == "12.34%" and evald[col["Density"]] == "0.020"
+    broken = rows["broken"]  # values from the two readable metric lines
+    assert broken[col["Top-1"]] == "40.00%" and broken[col["Wall time"]] == "≥ 2m 00s"
+    assert broken[col["Method"]] == "—" and broken[col["Epochs"]] == "2"
+    only = rows[ODD_NAME]  # a run with only a config is still listed
+    assert only[col["Method"]] == "set (erk)" and only[col["Density"]] == "0.050"
+    assert only[col["Top-1"]] == "—" and only[col["Wall time"]] == "—"
+
+
+def test_html_is_self_contained_with_valid_pngs(report) -> None:
+    result, out = report
+    text = out.read_text(encoding="utf-8")
+    page = _Collector()
+    page.feed(text)
+    expected = {"accuracy_vs_sparsity", "test_accuracy", "train_loss", "layers_static",
+                "layers_rigl", "layers_evald", "mask_dynamics", "reliability_evald",
+                "candidates_evald"}
+    assert {p.stem for p in result.figures} == expected
+    assert len(page.imgs) == len(expected)
+    prefix = "data:image/png;base64,"
+    for src in page.imgs:
+        assert src.startswith(prefix)
+        w, h = _png_size(base64.b64decode(src[len(prefix):], validate=True))
+        assert w > 0 and h > 0
+    assert not {"script", "link", "iframe", "object"} & set(page.tags)
+    assert "config" not in page.tags  # the odd run name was escaped, not parsed as a tag
+    assert "only&lt;config&gt;&amp;&quot;co" in text
+    assert not re.search(r"https?:", text, re.IGNORECASE)
+    assert out.stat().st_size < 1_000_000
+
+
+def test_markdown_twin_links_existing_pngs(report) -> None:
+    result, out = report
+    md = result.markdown.read_text(encoding="utf-8")
+    assert result.markdown == out.with_suffix(".md")
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == len(result.figures)
+    for link in links:
+        assert link.startswith("report_files/")
+        _png_size((out.parent / link).read_bytes())
+    assert "| dense | dense | resnet20 | 3/3 | 1.000 | 85.50% |" in md
+    assert "only&lt;config&gt;&amp;\"co" in md  # no raw HTML in the Markdown either
+
+
+def test_problems_name_the_broken_files(report) -> None:
+    result, out = report
+    page = _Collector()
+    page.feed(out.read_text(encoding="utf-8"))
+    text = " ".join(page.problems.split())
+    assert "broken config.yaml: not valid YAML" in text
+    assert "broken metrics.jsonl: skipped 2 of 4 lines (line 2:" in text
+    assert "broken summary.json: missing" in text
+    assert "notes -: not a run directory" in text
+    assert f"{ODD_NAME} metrics.jsonl: missing" in text
+    warned = {w.split(": ")[0] + ": " + w.split(": ")[1] for w in result.warnings}
+    assert {"broken: config.yaml", "broken: metrics.jsonl", "broken: summary.json"} <= warned
+    assert not any(w.startswith(("dense:", "static:", "rigl:", "evald:"))
+                   for w in result.warnings)
+
+
+def test_run_values_fall_back_and_survive_odd_types(tmp_path: Path) -> None:
+    _write_run(tmp_path, "old", _config("old"), _epochs([0.5]),
+               {"final": {"test_acc": 0.7}, "params": 950, "wall_s": 3725})
+    odd = _write_run(tmp_path, "odd", ["a list"], [{"test_acc": float("nan")}],
+                     {"final": {"test_acc": "high"}, "params": "many", "density": [1, 2],
+                      "eval": {"last.pt": {"ood": {"x": {"auroc": None}}, "robustness": 3}},
+                      "flops": {"dense": True}})
+    runs, problems = find_runs([tmp_path, tmp_path / "missing"])  # a parent stands for its runs
+    assert [r.name for r in runs] == ["odd", "old"]
+    assert [str(p) for p in problems] == [f"{tmp_path / 'missing'}: -: does not exist"]
+    _, rows = results_table(runs)
+    assert rows[1][1:6] == ["dense", "resnet20", "1/3", "1.000", "70.00%"]
+    assert rows[1][-3:] == ["950", "—", "1h 02m"]  # older runs: params is an int
+    assert rows[0][1:] == ["—"] * 13
+    assert "expected a mapping, got list" in str(load_run(odd).problems[0])
+    figures = {build.__name__: len(build(runs)) for build in BUILDERS}  # none trips over them
+    assert figures == {"accuracy_vs_sparsity": 0, "training_curves": 2, "layer_densities": 0,
+                       "mask_dynamics": 0, "reliability": 0, "candidates": 0}
+
+
+def test_bad_arguments_and_missing_matplotlib(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match="at least one run"):
+        build_report([], tmp_path / "r.html")
+    with pytest.raises(UserError, match="HTML file"):
+        build_report([tmp_path], tmp_path / "r.md")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(UserError, match=r"pip install -e '\.\[plots\]'"):
+        build_report([tmp_path], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_import_does_not_need_matplotlib() -> None:
+    code = ("import sys; sys.modules['matplotlib'] = None; import sparsetrain, "
+            "sparsetrain.report; print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.stdout.strip() == "ok", res.stderr
+
+
+def test_report_renders_in_chromium(report, tmp_path: Path) -> None:
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("no chromium")
+    _, out = report
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                    f"--screenshot={shot}", "--window-size=1200,2000", out.resolve().as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    w, h = _png_size(shot.read_bytes())
+    assert w > 0 and h > 0
