@@ -55,3 +55,13 @@ def test_missing_teacher_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     recipe = write_config(tmp_path, tiny_config(tmp_path, distill={"teachers": ["nope.pt"]}))
     assert main(["train", "--config", str(recipe)]) == 2
     assert "teacher checkpoint not found: nope.pt" in capsys.readouterr().err
+
+
+def test_report_command(teacher: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "rep" / "report.html"
+    assert main(["report", str(teacher.parent), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "teacher" in html and "data:image/png;base64," in html
+    assert out.with_suffix(".md").is_file()
+    assert main(["report", str(teacher.parent), "--out", str(tmp_path / "r.md")]) == 2
+    assert capsys.readouterr().err.startswith("sparsetrain: error: ")

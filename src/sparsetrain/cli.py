@@ -1,4 +1,4 @@
-"""``sparsetrain`` command line: train, lottery, oneshot, eval, budget, list.
+"""``sparsetrain`` command line: train, lottery, oneshot, eval, report, budget, list.
 
 Bad input (unknown names, out-of-range values, missing or corrupt files) prints one line
 ``sparsetrain: error: ...`` and exits with code 2 before any work, leaving outputs untouched.
@@ -130,6 +130,17 @@ def _cmd_oneshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sparsetrain.report import build_report
+
+    res = build_report([Path(p) for p in args.run_dirs], Path(args.out))
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {res.html} and {res.markdown} ({len(res.runs)} runs, "
+          f"{len(res.figures)} figures)")
+    return 0
+
+
 def _cmd_budget(args: argparse.Namespace) -> int:
     from sparsetrain.sparsity.plan import format_plan, plan_budget
 
@@ -184,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     os_.add_argument("--checkpoint", required=True)
     os_.add_argument("overrides", nargs="*", metavar="key=value")
     os_.set_defaults(fn=_cmd_oneshot)
+
+    rp = sub.add_parser("report", help="an HTML + Markdown report of one or many runs")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="run directories, or folders of runs")
+    rp.add_argument("--out", default="report.html")
+    rp.set_defaults(fn=_cmd_report)
 
     b = sub.add_parser("budget", help="per-layer densities, params and FLOPs of a budget")
     b.add_argument("--model", required=True)
