@@ -293,3 +293,36 @@ def test_report_renders_in_chromium(report, tmp_path: Path) -> None:
     assert shot.is_file() and shot.stat().st_size > 10_000
     w, h = _png_size(shot.read_bytes())
     assert w > 0 and h > 0
+
+
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || e.type)), true);
+window.addEventListener("load", () => {
+  const imgs = Array.from(document.images);
+  const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  document.title = `PROBE images=${imgs.length} broken=${broken} errors=${window.__errors.length}`;
+});
+</script>"""
+
+
+def test_report_loads_without_errors_and_every_image_renders(report, tmp_path: Path) -> None:
+    """Chromium loads a copy of the report with a probe script appended (the report itself has
+    no scripts): no script or resource errors, every <img> decoded with a nonzero width."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("no chromium")
+    _, out = report
+    html = out.read_text()
+    n_img = html.count("<img ")
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", _PROBE + "</body>"))
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--disable-background-networking", "--disable-component-update",
+                          "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=False)
+    m = re.search(r"PROBE images=(\d+) broken=(\d+) errors=(\d+)", res.stdout)
+    assert m is not None, res.stderr[-2000:]
+    assert (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (n_img, 0, 0)
+    assert n_img >= 5
