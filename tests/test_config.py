@@ -82,3 +82,14 @@ def test_yaml_round_trip() -> None:
     cfg = load_config(None, ["train.epochs=7", "name=x"])
     again = validate(yaml.safe_load(to_yaml(cfg)))
     assert again == cfg
+
+
+def test_old_checkpoint_configs_are_upgraded() -> None:
+    from sparsetrain.config import upgrade
+
+    old = {"data": {"loader": "auto", "image_size": None}, "train": {"epochs": 3}}
+    with pytest.raises(UserError, match="data.loader"):
+        validate(old)
+    cfg = validate(upgrade(old))
+    assert cfg.data.loader == "device" and cfg.data.image_size == 224
+    assert old["data"]["loader"] == "auto"  # the input is not modified

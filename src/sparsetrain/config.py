@@ -170,6 +170,17 @@ def _deepcopy(d: Any) -> Any:
     return d
 
 
+def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved in checkpoints by earlier versions, rewritten to the current schema."""
+    out = _deepcopy(raw)
+    data = out.get("data", {})
+    if data.get("loader") == "auto":  # 0.1.0 before the loader choice became explicit
+        data["loader"] = "device"
+    if "image_size" in data and data["image_size"] is None:
+        del data["image_size"]
+    return out
+
+
 def validate(raw: dict[str, Any]) -> RunConfig:
     """Build a :class:`RunConfig`, turning the first validation problem into one line."""
     if not isinstance(raw, dict):

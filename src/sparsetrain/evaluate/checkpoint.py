@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sparsetrain.config import validate
+from sparsetrain.config import upgrade, validate
 from sparsetrain.data import ImageArrays, get_dataset_info
 from sparsetrain.errors import UserError
 from sparsetrain.evaluate.cost import flop_counts, measure_latency, param_counts
@@ -38,7 +38,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Accuracy, NLL, ECE (+ reliability bins), optional OOD / attacks / latency, cost."""
     ckpt = load_checkpoint(path)
-    cfg = validate(ckpt["config"])
+    cfg = validate(upgrade(ckpt["config"]))
     dev = resolve_device(device)
     dpath = data_path_override or data_path(cfg)
     check_data_path(dpath)

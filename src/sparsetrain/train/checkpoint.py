@@ -89,11 +89,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def load_model(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the registered architecture a checkpoint was trained with (mask buffers
     included) and load its weights; a mismatch is a :class:`UserError`."""
-    from sparsetrain.config import validate
+    from sparsetrain.config import upgrade, validate
     from sparsetrain.models import create_model
     from sparsetrain.sparsity.masks import add_mask_buffers
 
-    cfg = validate(ckpt["config"])
+    cfg = validate(upgrade(ckpt["config"]))
     model = create_model(cfg.model.name, num_classes=len(ckpt["classes"]), **cfg.model.kwargs)
     add_mask_buffers(model, ckpt["model"])
     try:
