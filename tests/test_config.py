@@ -88,7 +88,7 @@ def test_old_checkpoint_configs_are_upgraded() -> None:
     from sparsetrain.config import upgrade
 
     old = {"data": {"loader": "auto", "image_size": None}, "train": {"epochs": 3}}
-    with pytest.raises(UserError, match="data.loader"):
+    with pytest.raises(UserError, match=r"data\.loader"):
         validate(old)
     cfg = validate(upgrade(old))
     assert cfg.data.loader == "device" and cfg.data.image_size == 224
