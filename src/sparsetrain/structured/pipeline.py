@@ -1,0 +1,156 @@
+"""``sparsetrain prune eagleeye``: trained dense checkpoint -> searched, pruned, fine-tuned model
+(EagleEye, Li et al. ECCV 2020; DESIGN.md §3.6), with the issue's two baselines.
+
+Run directory ``cfg.run_dir`` (every stage resumes; a finished stage is skipped)::
+
+    candidates.jsonl, search.json    the search (held-out split of the training set)
+    last.pt, best.pt, metrics.jsonl, summary.json   the winner fine-tuned with cfg.train
+    baseline_uniform/                uniform L1 pruning at the same FLOPs, fine-tuned the same way
+    baseline_random/                 best vanilla-scored random strategy (no adaptive BN), same
+    correlation.json/.png, correlate/   optional correlation study (K brief fine-tunes)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sparsetrain.config import RunConfig
+from sparsetrain.errors import UserError
+from sparsetrain.structured.correlate import correlation_study
+from sparsetrain.structured.finetune import finetune_pruned
+from sparsetrain.structured.groups import prunable_groups, prune_model
+from sparsetrain.structured.macs import MacsModel, macs_params
+from sparsetrain.structured.sampler import uniform_strategy
+from sparsetrain.structured.search import (
+    SearchResult,
+    abn_batches,
+    eagleeye_search,
+    eval_batches,
+    holdout_split,
+)
+
+__all__ = ["EagleEyeOptions", "run_eagleeye"]
+
+
+@dataclass(frozen=True)
+class EagleEyeOptions:
+    """Search options (the fine-tuning recipe is the run config's ``train`` section)."""
+
+    flops: float = 0.5  # target MACs as a fraction of the dense model's
+    candidates: int = 100
+    r_min: float = 0.0
+    r_max: float = 0.7
+    tolerance: float = 0.005
+    abn_batches: int = 50
+    holdout: int = 1000  # held-out training images scoring candidates (data.val_size wins)
+    importance: str = "l1"
+    round_to: int | None = None
+    baselines: bool = True  # also fine-tune uniform L1 and random-without-ABN strategies
+    finetune: bool = True
+    correlate: int = 0  # K candidates briefly fine-tuned for the correlation study
+    correlate_epochs: int = 1
+
+
+def _dense_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    from sparsetrain.sparsity.masks import MASK_SUFFIX
+    from sparsetrain.train.checkpoint import load_checkpoint, load_model
+
+    ckpt = load_checkpoint(checkpoint)
+    if any(k.endswith(MASK_SUFFIX) for k in ckpt["model"]):
+        raise UserError(f"{checkpoint} holds sparsity masks; EagleEye prunes dense models")
+    model = load_model(ckpt, checkpoint)
+    return model.eval(), ckpt
+
+
+def run_eagleeye(
+    cfg: RunConfig, checkpoint: str | Path, opts: EagleEyeOptions | None = None
+) -> dict[str, Any]:
+    """Search, pick the best adaptive-BN candidate, fine-tune it (and the baselines); returns
+    the winner's summary, which gains ``"structured"``, ``"search"`` and ``"baselines"``."""
+    from sparsetrain.train.run import load_data
+
+    o = opts or EagleEyeOptions()
+    dense, ckpt = _dense_model(checkpoint)
+    if cfg.model.name != getattr(dense, "arch_name", None):
+        raise UserError(f"the recipe's model {cfg.model.name!r} is not the checkpoint's "
+                        f"{dense.arch_name!r}")
+    if cfg.data.loader != "device":
+        raise UserError("prune eagleeye needs the device loader (data.loader: device)")
+    data = load_data(cfg)
+    if data.num_classes != len(ckpt["classes"]):
+        raise UserError(f"the data has {data.num_classes} classes, {checkpoint} was trained on "
+                        f"{len(ckpt['classes'])}")
+    mean, std, d = data.info.mean, data.info.std, cfg.data
+    if data.val is not None:
+        rest, held = data.train, data.val
+    else:
+        rest, held = holdout_split(data.train, min(o.holdout, len(data.train) // 2), cfg.seed)
+    tb = abn_batches(rest, mean, std, n=o.abn_batches, batch_size=d.batch_size, seed=cfg.seed,
+                     pad=d.pad, padding_mode=d.padding_mode)
+    hb = eval_batches(held, mean, std, batch_size=d.eval_batch_size)
+    run_dir = cfg.run_dir
+    res = eagleeye_search(dense, tb, hb, run_dir, flops_target=o.flops, candidates=o.candidates,
+                          r_min=o.r_min, r_max=o.r_max, tolerance=o.tolerance,
+                          abn_batches=o.abn_batches, seed=cfg.seed, importance=o.importance,
+                          round_to=o.round_to, progress=cfg.train.progress)
+    info = _search_info(res)
+    if o.correlate:
+        short = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+            "epochs": o.correlate_epochs, "warmup_epochs": 0.0, "progress": False})})
+
+        def brief(c: dict[str, Any]) -> float:
+            rc = short.model_copy(update={"name": f"{cfg.name}/correlate/cand_{c['index']}"})
+            s = finetune_pruned(rc, prune_model(dense, c["ratios"], o.importance, o.round_to),
+                                rc.run_dir, train_data=rest, evals={"val": held},
+                                info=data.info)
+            return float(s["final"]["val_acc"])
+
+        info["correlation"] = {k: v for k, v in correlation_study(
+            res.candidates, brief, o.correlate, run_dir).items() if k != "points"}
+    if not o.finetune:
+        return info
+    evals = {"val": data.val} if data.val is not None else {}
+    evals["test"] = data.test
+
+    def tune(ratios: dict[str, float], sub: str | None, extra: dict[str, Any]) -> dict[str, Any]:
+        rc = cfg if sub is None else cfg.model_copy(update={"name": f"{cfg.name}/{sub}"})
+        pruned = prune_model(dense, ratios, o.importance, o.round_to)
+        macs, params = macs_params(pruned)
+        structured = {"macs_dense": res.dense_macs, "macs": macs, "params": params,
+                      "params_dense": res.dense_params, "macs_ratio": macs / res.dense_macs,
+                      **extra}
+        return finetune_pruned(rc, pruned, rc.run_dir, train_data=data.train, evals=evals,
+                               info=data.info, extra_summary={"structured": structured,
+                                                              "search": info})
+
+    b = res.best
+    summary = tune(b["ratios"], None, {"strategy": "eagleeye", "candidate": b["index"],
+                                       "abn_score": b["abn_score"],
+                                       "vanilla_score": b["vanilla_score"]})
+    baselines = {}
+    if o.baselines:
+        groups = prunable_groups(dense)
+        uni = uniform_strategy(MacsModel.build(dense, groups, o.round_to), o.flops)
+        baselines["uniform"] = tune(uni, "baseline_uniform", {"strategy": "uniform_l1"})
+        bv = res.best_vanilla
+        baselines["random_no_abn"] = tune(bv["ratios"], "baseline_random", {
+            "strategy": "random_vanilla", "candidate": bv["index"],
+            "vanilla_score": bv["vanilla_score"]})
+    summary["baselines"] = {k: {"final": v["final"], "structured": v["structured"]}
+                            for k, v in baselines.items()}
+    from sparsetrain.train.checkpoint import write_json
+
+    write_json(summary, run_dir / "summary.json")
+    return summary
+
+
+def _search_info(res: SearchResult) -> dict[str, Any]:
+    return {"candidates": len(res.candidates), "acceptance_rate": res.acceptance_rate,
+            "dense_score": res.dense_score, "best_index": res.best["index"],
+            "best_abn_score": res.best["abn_score"],
+            "best_vanilla_index": res.best_vanilla["index"],
+            "best_vanilla_score": res.best_vanilla["vanilla_score"]}

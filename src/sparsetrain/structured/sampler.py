@@ -1,0 +1,134 @@
+"""FLOPs-constrained random pruning strategies (EagleEye, Li et al. ECCV 2020, Sec. 3.1).
+
+A strategy is one ratio per channel group, ``r_g ~ U[r_min, r_max]`` i.i.d.; it is accepted when
+its MACs ratio (pruned / dense, by the exact analytic :class:`MacsModel`) lies within
+``target ± tolerance`` (DESIGN.md §3.6 step 2: plain rejection sampling).
+
+Determinism and resumability: candidate ``i`` is drawn from a generator seeded by
+``(seed, i)`` alone, so candidate ``i`` is the same whether the search ran uninterrupted or was
+resumed after ``i - 1`` candidates. Proposals are drawn in blocks of ``block`` strategies and the
+first accepted one in draw order is returned: the same distribution and the same try count as
+drawing them one by one, with one vectorized MACs evaluation per block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sparsetrain.errors import UserError
+from sparsetrain.structured.macs import MacsModel
+
+__all__ = ["Strategy", "StrategySampler", "candidate_generator", "uniform_strategy"]
+
+
+def candidate_generator(seed: int, index: int, salt: int = 0) -> torch.Generator:
+    """A CPU generator whose state depends only on ``(seed, index, salt)``."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + index * 7_919 + salt * 104_729 + 12_345) % (2**63 - 1))
+    return g
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One accepted strategy: ``ratios`` per group, its exact MACs, and the proposals drawn."""
+
+    index: int
+    ratios: dict[str, float]
+    macs: int
+    macs_ratio: float
+    tries: int
+
+
+class StrategySampler:
+    """Rejection sampler of per-group ratios inside a MACs band.
+
+    ``sample(i)`` returns candidate ``i``; ``acceptance_rate`` is accepted / proposals over the
+    candidates sampled so far by this object. Raises :class:`UserError` when the band cannot be
+    reached inside ``[r_min, r_max]`` or nothing is accepted in ``max_tries`` proposals.
+    """
+
+    def __init__(
+        self,
+        macs_model: MacsModel,
+        r_min: float = 0.0,
+        r_max: float = 0.7,
+        target: float = 0.5,
+        tolerance: float = 0.005,
+        seed: int = 0,
+        block: int = 256,
+        max_tries: int = 2_000_000,
+    ) -> None:
+        if not 0.0 <= r_min <= r_max < 1.0:
+            raise UserError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+        if not 0.0 < target <= 1.0 or tolerance < 0:
+            raise UserError(f"need a FLOPs target in (0, 1] and tolerance >= 0, got {target}, "
+                            f"{tolerance}")
+        self.model = macs_model
+        self.r_min, self.r_max = float(r_min), float(r_max)
+        self.target, self.tolerance = float(target), float(tolerance)
+        self.seed, self.block, self.max_tries = int(seed), int(block), int(max_tries)
+        self.proposals = 0
+        self.accepted = 0
+        g = len(macs_model.names)
+        lo = macs_model.macs_of_ratios(torch.full((1, g), self.r_max, dtype=torch.float64))
+        hi = macs_model.macs_of_ratios(torch.full((1, g), self.r_min, dtype=torch.float64))
+        lo_r, hi_r = int(lo) / macs_model.dense_macs, int(hi) / macs_model.dense_macs
+        if lo_r > target + tolerance or hi_r < target - tolerance:
+            raise UserError(f"FLOPs target {target}±{tolerance} is unreachable with ratios in "
+                            f"[{r_min}, {r_max}] (reachable: {lo_r:.4f}..{hi_r:.4f})")
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposals if self.proposals else float("nan")
+
+    def in_band(self, macs: torch.Tensor) -> torch.Tensor:
+        ratio = macs.to(torch.float64) / self.model.dense_macs
+        return (ratio - self.target).abs() <= self.tolerance
+
+    def sample(self, index: int) -> Strategy:
+        """Candidate ``index`` (deterministic for ``(seed, index)``)."""
+        g = candidate_generator(self.seed, index)
+        n_groups = len(self.model.names)
+        tries = 0
+        while tries < self.max_tries:
+            u = torch.rand(self.block, n_groups, generator=g, dtype=torch.float64)
+            ratios = self.r_min + (self.r_max - self.r_min) * u
+            macs = self.model.macs_of_ratios(ratios)
+            ok = torch.nonzero(self.in_band(macs)).flatten()
+            if len(ok):
+                j = int(ok[0])
+                tries += j + 1
+                self.proposals += tries
+                self.accepted += 1
+                row = ratios[j].tolist()
+                m = int(macs[j])
+                return Strategy(index, dict(zip(self.model.names, row, strict=True)), m,
+                                m / self.model.dense_macs, tries)
+            tries += self.block
+        self.proposals += tries
+        raise UserError(f"no strategy within {self.target}±{self.tolerance} of the dense MACs in "
+                        f"{tries} proposals; widen the tolerance or [r_min, r_max]")
+
+
+def uniform_strategy(macs_model: MacsModel, target: float, iters: int = 60) -> dict[str, float]:
+    """One ratio for every group (uniform L1 pruning baseline), the one whose MACs ratio is
+    closest to ``target``, found by bisection (MACs do not increase with the ratio)."""
+    n = len(macs_model.names)
+
+    def ratio_of(r: float) -> float:
+        row = torch.full((1, n), r, dtype=torch.float64)
+        return int(macs_model.macs_of_ratios(row)[0]) / macs_model.dense_macs
+
+    lo, hi = 0.0, 1.0 - 1e-12  # ratio_of(lo) >= target side, ratio_of(hi) below it
+    if ratio_of(lo) <= target:
+        return dict.fromkeys(macs_model.names, 0.0)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if ratio_of(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda r: (abs(ratio_of(r) - target), r))
+    return dict.fromkeys(macs_model.names, best)
