@@ -65,3 +65,26 @@ def test_report_command(teacher: Path, tmp_path: Path, capsys) -> None:
     assert out.with_suffix(".md").is_file()
     assert main(["report", str(teacher.parent), "--out", str(tmp_path / "r.md")]) == 2
     assert capsys.readouterr().err.startswith("sparsetrain: error: ")
+
+
+def test_prune_eagleeye_then_eval_and_latency(teacher: Path, tmp_path: Path, capsys) -> None:
+    recipe = write_config(tmp_path, tiny_config(tmp_path, name="ee", train={"epochs": 1}))
+    assert main(["prune", "eagleeye", "--config", str(recipe), "--checkpoint", str(teacher),
+                 "--flops", "0.6", "--candidates", "3", "--abn-batches", "2",
+                 "--tolerance", "0.02", "--no-baselines", "data.val_size=128"]) == 0
+    run = tmp_path / "runs" / "ee"
+    lines = (run / "candidates.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert all(abs(json.loads(x)["macs_ratio"] - 0.6) <= 0.02 for x in lines)
+    summary = json.loads((run / "summary.json").read_text())
+    assert abs(summary["structured"]["macs"] / summary["structured"]["macs_dense"] - 0.6) <= 0.02
+    capsys.readouterr()
+    assert main(["eval", str(run / "last.pt"), "--json", "--no-record"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["params"]["total"] == summary["structured"]["params"]
+    assert main(["bench", "latency", str(run / "last.pt"), str(teacher), "--batch-sizes", "1",
+                 "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fp32") == 2 and out.count("bf16") == 2
+    assert main(["prune", "eagleeye", "--config", str(recipe), "--checkpoint", str(teacher),
+                 "--flops", "1.5"]) == 2

@@ -1,4 +1,5 @@
-"""``sparsetrain`` command line: train, lottery, oneshot, eval, report, budget, list.
+"""``sparsetrain`` command line: train, lottery, oneshot, prune, eval, report, bench, budget,
+list.
 
 Bad input (unknown names, out-of-range values, missing or corrupt files) prints one line
 ``sparsetrain: error: ...`` and exits with code 2 before any work, leaving outputs untouched.
@@ -141,6 +142,52 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from sparsetrain.config import load_config
+    from sparsetrain.structured.pipeline import EagleEyeOptions, run_eagleeye
+
+    if not 0 < args.flops < 1:
+        raise UserError(f"--flops must be a fraction in (0, 1), got {args.flops}")
+    cfg = load_config(resolve_recipe(args.config), args.overrides)
+    opts = EagleEyeOptions(flops=args.flops, candidates=args.candidates, r_min=args.r_min,
+                           r_max=args.r_max, tolerance=args.tolerance,
+                           abn_batches=args.abn_batches, importance=args.importance,
+                           round_to=args.round_to, baselines=not args.no_baselines,
+                           finetune=not args.no_finetune, correlate=args.correlate)
+    s = run_eagleeye(cfg, args.checkpoint, opts)
+    st = s.get("structured", {})
+    acc = s.get("final", {}).get("test_acc")
+    print(f"EagleEye: MACs {st.get('macs', 0) / 1e6:.1f}M of {st.get('macs_dense', 0) / 1e6:.1f}M"
+          + (f", fine-tuned top-1 {100 * acc:.2f}%" if acc is not None else "")
+          + f"; run dir {cfg.run_dir}")
+    return 0
+
+
+def _cmd_bench_latency(args: argparse.Namespace) -> int:
+    import torch
+
+    from sparsetrain.evaluate.cost import measure_latency, param_counts
+    from sparsetrain.structured.macs import macs_params
+    from sparsetrain.train.checkpoint import load_checkpoint, load_model
+    from sparsetrain.train.precision import resolve_device
+
+    dev = resolve_device(args.device)
+    print(f"{'checkpoint':<40} {'MACs':>9} {'params':>10} {'prec':>5} {'batch':>5} "
+          f"{'ms':>9} {'img/s':>9}")
+    for path in args.checkpoints:
+        model = load_model(load_checkpoint(path), path).to(dev)
+        model = model.to(memory_format=torch.channels_last)
+        macs, _ = macs_params(model)
+        params = param_counts(model)["total"]
+        res = measure_latency(model, device=dev, batch_sizes=tuple(args.batch_sizes),
+                              repeats=args.repeats)
+        for r in res.values():
+            print(f"{str(path)[-40:]:<40} {macs / 1e6:>8.1f}M {params:>10,} "
+                  f"{r['precision']:>5} {r['batch']:>5} {r['ms']:>9.2f} "
+                  f"{r['images_per_s']:>9.0f}")
+    return 0
+
+
 def _cmd_budget(args: argparse.Namespace) -> int:
     from sparsetrain.sparsity.plan import format_plan, plan_budget
 
@@ -201,6 +248,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run directories, or folders of runs")
     rp.add_argument("--out", default="report.html")
     rp.set_defaults(fn=_cmd_report)
+
+    pr = sub.add_parser("prune", help="structured pruning (EagleEye)")
+    prs = pr.add_subparsers(dest="algorithm", required=True)
+    ee = prs.add_parser("eagleeye", help="adaptive-BN candidate search, then fine-tune the best")
+    ee.add_argument("--config", "-c", required=True,
+                    help="recipe for data and fine-tuning (model.name = the checkpoint's)")
+    ee.add_argument("--checkpoint", required=True, help="trained dense model")
+    ee.add_argument("--flops", type=float, default=0.5, help="target MACs fraction")
+    ee.add_argument("--candidates", type=int, default=100)
+    ee.add_argument("--r-min", type=float, default=0.0)
+    ee.add_argument("--r-max", type=float, default=0.7)
+    ee.add_argument("--tolerance", type=float, default=0.005)
+    ee.add_argument("--abn-batches", type=int, default=50)
+    ee.add_argument("--importance", default="l1", choices=["l1", "l2", "random"])
+    ee.add_argument("--round-to", type=int, help="keep channel counts multiples of N")
+    ee.add_argument("--correlate", type=int, default=0, metavar="K",
+                    help="fine-tune K candidates briefly and correlate scores with accuracy")
+    ee.add_argument("--no-baselines", action="store_true")
+    ee.add_argument("--no-finetune", action="store_true")
+    ee.add_argument("overrides", nargs="*", metavar="key=value")
+    ee.set_defaults(fn=_cmd_prune)
+
+    bench = sub.add_parser("bench", help="measurements")
+    bs = bench.add_subparsers(dest="what", required=True)
+    lat = bs.add_parser("latency", help="batch-1/64 latency of checkpoints, fp32 and bf16")
+    lat.add_argument("checkpoints", nargs="+")
+    lat.add_argument("--device", default="auto")
+    lat.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    lat.add_argument("--repeats", type=int, default=20)
+    lat.set_defaults(fn=_cmd_bench_latency)
 
     b = sub.add_parser("budget", help="per-layer densities, params and FLOPs of a budget")
     b.add_argument("--model", required=True)

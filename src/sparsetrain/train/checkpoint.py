@@ -93,6 +93,10 @@ def load_model(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Modu
     from sparsetrain.models import create_model
     from sparsetrain.sparsity.masks import add_mask_buffers
 
+    if "structure" in ckpt:  # a channel-pruned model: rebuilt from its saved structure
+        from sparsetrain.structured.io import model_from_structure
+
+        return model_from_structure(ckpt, path)
     cfg = validate(upgrade(ckpt["config"]))
     model = create_model(cfg.model.name, num_classes=len(ckpt["classes"]), **cfg.model.kwargs)
     add_mask_buffers(model, ckpt["model"])
