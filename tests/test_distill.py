@@ -17,6 +17,7 @@ from torch import nn
 
 from conftest import tiny_config, write_config
 from sparsetrain import UserError, load_config, train
+from sparsetrain.checkpoint import load_checkpoint, load_model
 from sparsetrain.distill import (
     Distillation,
     SoftLabelCache,
@@ -26,7 +27,6 @@ from sparsetrain.distill import (
     distill_loss,
     soft_target,
 )
-from sparsetrain.train.checkpoint import load_checkpoint, load_model
 
 torch.set_num_threads(1)
 

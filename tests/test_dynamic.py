@@ -13,11 +13,11 @@ from torch import nn
 
 from conftest import tiny_config, write_config
 from sparsetrain import load_config, train
+from sparsetrain.checkpoint import load_checkpoint
 from sparsetrain.errors import UserError
 from sparsetrain.sparsity.methods import create_method
 from sparsetrain.sparsity.methods.dynamic import drop_grow
 from sparsetrain.sparsity.schedules import CosineDecay, CubicSchedule, to_steps
-from sparsetrain.train.checkpoint import load_checkpoint
 
 
 def tiny_net() -> nn.Module:

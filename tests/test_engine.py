@@ -15,7 +15,7 @@ import torch
 
 from conftest import tiny_config, write_config
 from sparsetrain import Callback, load_config, train
-from sparsetrain.train.checkpoint import load_checkpoint
+from sparsetrain.checkpoint import load_checkpoint
 
 
 class Recorder(Callback):

@@ -10,10 +10,10 @@ import torch
 
 from conftest import tiny_config, write_config
 from sparsetrain import load_config, train
+from sparsetrain.checkpoint import load_checkpoint
 from sparsetrain.cli import main
 from sparsetrain.models import create_model
 from sparsetrain.sparsity.topk import global_masks
-from sparsetrain.train.checkpoint import load_checkpoint
 from sparsetrain.train.lottery import run_lottery, run_oneshot
 
 MASKED = 270_896  # conv + linear weights of resnet20

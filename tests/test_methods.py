@@ -10,13 +10,13 @@ import torch
 
 from conftest import tiny_config, write_config
 from sparsetrain import load_config, train
+from sparsetrain.checkpoint import load_checkpoint
 from sparsetrain.cli import main
 from sparsetrain.config import SparsityConfig
 from sparsetrain.errors import UserError
 from sparsetrain.models import create_model
 from sparsetrain.sparsity.allocate import allocate, counts
 from sparsetrain.sparsity.methods import create_method, list_methods, method_from_config
-from sparsetrain.train.checkpoint import load_checkpoint
 
 
 def _batches(n: int = 2, bs: int = 20):

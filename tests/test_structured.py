@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_config
+from sparsetrain.checkpoint import load_checkpoint, save_checkpoint
 from sparsetrain.config import validate
 from sparsetrain.data import make_synthetic
 from sparsetrain.errors import UserError
@@ -40,9 +41,8 @@ from sparsetrain.structured import (
     uniform_strategy,
 )
 from sparsetrain.structured.groups import kept_indices
-from sparsetrain.structured.pipeline import EagleEyeOptions, run_eagleeye
 from sparsetrain.structured.search import read_candidates
-from sparsetrain.train.checkpoint import load_checkpoint, save_checkpoint
+from sparsetrain.train.eagleeye import EagleEyeOptions, run_eagleeye
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

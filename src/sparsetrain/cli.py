@@ -144,7 +144,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from sparsetrain.config import load_config
-    from sparsetrain.structured.pipeline import EagleEyeOptions, run_eagleeye
+    from sparsetrain.train.eagleeye import EagleEyeOptions, run_eagleeye
 
     if not 0 < args.flops < 1:
         raise UserError(f"--flops must be a fraction in (0, 1), got {args.flops}")
@@ -166,9 +166,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_bench_latency(args: argparse.Namespace) -> int:
     import torch
 
+    from sparsetrain.checkpoint import load_checkpoint, load_model
     from sparsetrain.evaluate.cost import measure_latency, param_counts
     from sparsetrain.structured.macs import macs_params
-    from sparsetrain.train.checkpoint import load_checkpoint, load_model
     from sparsetrain.train.precision import resolve_device
 
     dev = resolve_device(args.device)

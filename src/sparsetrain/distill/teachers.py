@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparsetrain.checkpoint import atomic_write_bytes, load_checkpoint
 from sparsetrain.errors import UserError
-from sparsetrain.train.checkpoint import atomic_write_bytes, load_checkpoint
 from sparsetrain.train.precision import autocast
 
 _SIGNATURE_PIXELS = 4096
@@ -58,7 +58,7 @@ class TeacherEnsemble:
     ) -> TeacherEnsemble:
         """Load every checkpoint (missing or corrupt files are a :class:`UserError`); all
         teachers must share one class list."""
-        from sparsetrain.train.checkpoint import load_model
+        from sparsetrain.checkpoint import load_model
 
         if isinstance(paths, str | Path):
             paths = [paths]

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.checkpoint import atomic_write_bytes, write_json
 from sparsetrain.errors import UserError
-from sparsetrain.train.checkpoint import atomic_write_bytes, write_json
 
 __all__ = ["correlation_study", "kendall_tau_b", "pearson", "ranks", "scatter_png", "spearman"]
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsetrain.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from sparsetrain.errors import UserError
 from sparsetrain.structured.groups import PRUNABLE_TYPES, apply_kept
-from sparsetrain.train.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
     "STRUCTURE_FORMAT",
@@ -122,8 +122,7 @@ def pruned_checkpoint(
 ) -> dict[str, Any]:
     """A checkpoint dict in the layout of sparsetrain's training checkpoints (``format``,
     ``config``, ``model``, ``classes``) plus ``structure``; write it with
-    ``sparsetrain.train.checkpoint.save_checkpoint``."""
-    from sparsetrain.train.run import CHECKPOINT_FORMAT
+    ``sparsetrain.checkpoint.save_checkpoint``."""
 
     kwargs = dict(cfg_dict.get("model", {}).get("kwargs") or {})
     return {"format": CHECKPOINT_FORMAT, "config": dict(cfg_dict), "model": model.state_dict(),

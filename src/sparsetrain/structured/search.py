@@ -32,13 +32,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sparsetrain.checkpoint import atomic_write_bytes, write_json
 from sparsetrain.data import DeviceLoader, ImageArrays, train_val_split
 from sparsetrain.errors import UserError
 from sparsetrain.structured.adaptive_bn import adaptive_bn
 from sparsetrain.structured.groups import ChannelGroup, prunable_groups, prune_model
 from sparsetrain.structured.macs import MacsModel, macs_params
 from sparsetrain.structured.sampler import StrategySampler, candidate_generator
-from sparsetrain.train.checkpoint import atomic_write_bytes, write_json
 
 __all__ = [
     "Batch",

@@ -23,20 +23,21 @@ from typing import Any
 import torch
 
 from sparsetrain.callbacks import Callback
+from sparsetrain.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_write_bytes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from sparsetrain.config import RunConfig, to_yaml, validate
 from sparsetrain.errors import UserError
 from sparsetrain.sparsity.masks import MASK_SUFFIX, prunable_parameters
 from sparsetrain.sparsity.methods import create_method
 from sparsetrain.sparsity.schedules import to_steps
 from sparsetrain.sparsity.topk import global_masks
-from sparsetrain.train.checkpoint import (
-    atomic_write_bytes,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-)
 from sparsetrain.train.optim import build_optimizer
-from sparsetrain.train.run import CHECKPOINT_FORMAT, build_model, load_data, train
+from sparsetrain.train.run import build_model, load_data, train
 
 
 class SaveAtStep(Callback):

@@ -17,6 +17,15 @@ import torch
 from torch import nn
 
 from sparsetrain.callbacks import Callback
+from sparsetrain.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_write_bytes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json,
+)
 from sparsetrain.config import RunConfig, SparsityConfig, to_yaml
 from sparsetrain.data import (
     DatasetInfo,
@@ -40,21 +49,11 @@ from sparsetrain.errors import UserError
 from sparsetrain.models import create_model, model_info
 from sparsetrain.models.flops import sparse_flops
 from sparsetrain.sparsity.methods import SparsityMethod, method_from_config
-from sparsetrain.train.checkpoint import (
-    atomic_write_bytes,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_json,
-)
 from sparsetrain.train.engine import Trainer
 from sparsetrain.train.optim import build_optimizer
 from sparsetrain.train.precision import resolve_device, resolve_precision
 from sparsetrain.train.schedules import build_schedule
 from sparsetrain.utils import environment, git_commit
-
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass

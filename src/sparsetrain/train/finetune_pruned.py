@@ -19,11 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsetrain.config import RunConfig, to_yaml
-from sparsetrain.data import DatasetInfo, ImageArrays
-from sparsetrain.structured.io import model_from_structure, pruned_checkpoint
-from sparsetrain.structured.macs import macs_params
-from sparsetrain.train.checkpoint import (
+from sparsetrain.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     rng_state,
@@ -31,6 +27,10 @@ from sparsetrain.train.checkpoint import (
     set_rng_state,
     write_json,
 )
+from sparsetrain.config import RunConfig, to_yaml
+from sparsetrain.data import DatasetInfo, ImageArrays
+from sparsetrain.structured.io import model_from_structure, pruned_checkpoint
+from sparsetrain.structured.macs import macs_params
 from sparsetrain.train.engine import Trainer
 from sparsetrain.train.optim import build_optimizer
 from sparsetrain.train.precision import resolve_device, resolve_precision

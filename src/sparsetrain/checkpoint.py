@@ -1,4 +1,5 @@
-"""Atomic checkpoint files, safe loading, and RNG state capture.
+"""Checkpoint files shared by every package: atomic writes, safe loading, RNG state, rebuilding
+a model from a checkpoint.
 
 Files are written to a temporary name in the same directory and renamed over the target, so a
 run killed while saving leaves the previous checkpoint intact. Loading always uses
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from sparsetrain.errors import UserError
+
+CHECKPOINT_FORMAT = 1  # layout version of the dicts in last.pt / best.pt
 
 
 def atomic_write_bytes(path: str | Path, write) -> None:

@@ -21,7 +21,6 @@ from torch import nn
 from sparsetrain.config import RunConfig
 from sparsetrain.errors import UserError
 from sparsetrain.structured.correlate import correlation_study
-from sparsetrain.structured.finetune import finetune_pruned
 from sparsetrain.structured.groups import prunable_groups, prune_model
 from sparsetrain.structured.macs import MacsModel, macs_params
 from sparsetrain.structured.sampler import uniform_strategy
@@ -32,6 +31,7 @@ from sparsetrain.structured.search import (
     eval_batches,
     holdout_split,
 )
+from sparsetrain.train.finetune_pruned import finetune_pruned
 
 __all__ = ["EagleEyeOptions", "run_eagleeye"]
 
@@ -56,8 +56,8 @@ class EagleEyeOptions:
 
 
 def _dense_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    from sparsetrain.checkpoint import load_checkpoint, load_model
     from sparsetrain.sparsity.masks import MASK_SUFFIX
-    from sparsetrain.train.checkpoint import load_checkpoint, load_model
 
     ckpt = load_checkpoint(checkpoint)
     if any(k.endswith(MASK_SUFFIX) for k in ckpt["model"]):
@@ -142,7 +142,7 @@ def run_eagleeye(
             "vanilla_score": bv["vanilla_score"]})
     summary["baselines"] = {k: {"final": v["final"], "structured": v["structured"]}
                             for k, v in baselines.items()}
-    from sparsetrain.train.checkpoint import write_json
+    from sparsetrain.checkpoint import write_json
 
     write_json(summary, run_dir / "summary.json")
     return summary
