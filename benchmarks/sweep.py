@@ -69,6 +69,8 @@ def main() -> None:
                    help="overrides applied to every recipe (e.g. seed=1)")
     p.add_argument("--title", default="CPU-protocol comparison")
     p.add_argument("--no-append", action="store_true")
+    p.add_argument("--table-only", action="store_true",
+                   help="tabulate the CSV's rows for the given recipes; train nothing")
     args = p.parse_args()
     previous = {}
     if Path(args.csv).is_file():  # rows of an earlier (perhaps stopped) sweep are kept
@@ -78,14 +80,18 @@ def main() -> None:
     for recipe in args.recipes:
         cfg = load_config(recipe, [*args.set, f"out_dir={args.out_dir}", "train.progress=false"])
         done = cfg.run_dir / "summary.json"
-        if Path(recipe).name in previous and not done.is_file():
+        if args.table_only and Path(recipe).name not in previous:
+            print(f"{recipe}: not in {args.csv} yet", flush=True)
+            continue
+        if Path(recipe).name in previous and (args.table_only or not done.is_file()):
             rows.append(_typed(previous[Path(recipe).name]))
             print(f"{recipe}: kept from {args.csv}", flush=True)
             continue
         s = json.loads(done.read_text()) if done.is_file() else train(cfg)
         rows.append(row(Path(recipe).name, cfg, s))
         print(f"{recipe}: top-1 {100 * s['final']['test_acc']:.2f}%", flush=True)
-        _write(args.csv, rows)
+        _write(args.csv, rows + [r for k, r in previous.items()
+                                 if k not in {x["recipe"] for x in rows}])
     lines = ["| recipe | budget | score | density | top-1 | test loss | effective FLOPs | "
              "nonzero params | train img/s | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
