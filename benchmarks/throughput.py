@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sparsetrain.data import DeviceLoader, get_dataset_info, load_split
 from sparsetrain.models import create_model
+from sparsetrain.precision import autocast
 from sparsetrain.train.optim import build_optimizer
-from sparsetrain.train.precision import autocast
 
 MEAN = np.array(get_dataset_info("cifar10").mean, dtype=np.float32)
 STD = np.array(get_dataset_info("cifar10").std, dtype=np.float32)

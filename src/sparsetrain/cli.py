@@ -168,8 +168,8 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
 
     from sparsetrain.checkpoint import load_checkpoint, load_model
     from sparsetrain.evaluate.cost import measure_latency, param_counts
+    from sparsetrain.precision import resolve_device
     from sparsetrain.structured.macs import macs_params
-    from sparsetrain.train.precision import resolve_device
 
     dev = resolve_device(args.device)
     print(f"{'checkpoint':<40} {'MACs':>9} {'params':>10} {'prec':>5} {'batch':>5} "

@@ -19,7 +19,7 @@ from torch import nn
 
 from sparsetrain.checkpoint import atomic_write_bytes, load_checkpoint
 from sparsetrain.errors import UserError
-from sparsetrain.train.precision import autocast
+from sparsetrain.precision import autocast
 
 _SIGNATURE_PIXELS = 4096
 

@@ -17,8 +17,8 @@ from sparsetrain.data import ImageArrays, get_dataset_info
 from sparsetrain.errors import UserError
 from sparsetrain.evaluate.cost import flop_counts, measure_latency, param_counts
 from sparsetrain.evaluate.suite import evaluate_model
+from sparsetrain.precision import resolve_device
 from sparsetrain.train.engine import evaluate
-from sparsetrain.train.precision import resolve_device
 from sparsetrain.train.run import check_data_path, data_path, load_test_split, make_loader
 
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from sparsetrain.models.flops import sparse_flops
+from sparsetrain.precision import autocast
 from sparsetrain.sparsity.masks import MaskSet
-from sparsetrain.train.precision import autocast
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:

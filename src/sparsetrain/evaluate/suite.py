@@ -19,7 +19,7 @@ from sparsetrain.errors import UserError
 from sparsetrain.evaluate.calibration import accuracy_topk, ece_from_bins, nll, reliability_bins
 from sparsetrain.evaluate.ood import OOD_SETS, aupr, auroc, make_ood_set, max_softmax_score
 from sparsetrain.evaluate.robustness import DEFAULT_EPS, eval_mode, robust_accuracy
-from sparsetrain.train.precision import autocast, resolve_device, resolve_precision
+from sparsetrain.precision import autocast, resolve_device, resolve_precision
 
 FOLDER_OOD = "folder"  # key of the OOD result for ``ood_folder_images``
 

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sparsetrain.callbacks import Callback
-from sparsetrain.train.precision import autocast
+from sparsetrain.precision import autocast
 from sparsetrain.train.schedules import LRSchedule
 
 _BAR_EVERY = 10

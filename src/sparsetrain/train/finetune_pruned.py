@@ -29,11 +29,11 @@ from sparsetrain.checkpoint import (
 )
 from sparsetrain.config import RunConfig, to_yaml
 from sparsetrain.data import DatasetInfo, ImageArrays
+from sparsetrain.precision import resolve_device, resolve_precision
 from sparsetrain.structured.io import model_from_structure, pruned_checkpoint
 from sparsetrain.structured.macs import macs_params
 from sparsetrain.train.engine import Trainer
 from sparsetrain.train.optim import build_optimizer
-from sparsetrain.train.precision import resolve_device, resolve_precision
 from sparsetrain.train.run import distillation, make_loader
 from sparsetrain.train.schedules import build_schedule
 from sparsetrain.utils import environment, git_commit

@@ -48,10 +48,10 @@ from sparsetrain.data.stream import (
 from sparsetrain.errors import UserError
 from sparsetrain.models import create_model, model_info
 from sparsetrain.models.flops import sparse_flops
+from sparsetrain.precision import resolve_device, resolve_precision
 from sparsetrain.sparsity.methods import SparsityMethod, method_from_config
 from sparsetrain.train.engine import Trainer
 from sparsetrain.train.optim import build_optimizer
-from sparsetrain.train.precision import resolve_device, resolve_precision
 from sparsetrain.train.schedules import build_schedule
 from sparsetrain.utils import environment, git_commit
 
