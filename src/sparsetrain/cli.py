@@ -91,13 +91,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from sparsetrain.data import list_datasets
     from sparsetrain.models import list_models
-    from sparsetrain.sparsity.allocate import list_budgets
     from sparsetrain.sparsity.methods import list_methods
+    from sparsetrain.sparsity.methods.static import list_all_budgets
     from sparsetrain.sparsity.scores import list_scores
 
     groups = {"models": list_models(), "datasets": list_datasets(), "recipes": list_recipes(),
               "methods": list_methods(),
-              "budgets": [*list_budgets(), "global", "snip_ratio", "grasp_ratio"],
+              "budgets": list_all_budgets(),
               "scores": list_scores()}
     for what, names in groups.items():
         if args.what in (None, what):

@@ -7,9 +7,9 @@ from typing import Any
 from sparsetrain.errors import UserError
 from sparsetrain.models import create_model
 from sparsetrain.models.flops import layer_flops
-from sparsetrain.sparsity.allocate import allocate, counts
+from sparsetrain.sparsity.allocate import allocate, counts, list_budgets
 from sparsetrain.sparsity.masks import prunable_parameters
-from sparsetrain.sparsity.methods.static import check_budget_options
+from sparsetrain.sparsity.methods.static import check_budget_options, list_all_budgets
 
 
 def plan_budget(
@@ -23,7 +23,7 @@ def plan_budget(
     **budget_options: Any,
 ) -> dict[str, Any]:
     """Per-layer rows (name, shape, params, density, kept, FLOPs dense/sparse) and totals."""
-    if budget in ("global", "snip_ratio", "grasp_ratio"):
+    if budget in list_all_budgets() and budget not in list_budgets():
         raise UserError(f"budget {budget!r} depends on scores of a model and data; plan a "
                         "layer-wise budget (uniform, uniform_plus, er, erk, erk_plus)")
     check_budget_options(budget, dense_first, dense_classifier)

@@ -18,7 +18,7 @@ The method is also an engine :class:`Callback`: the engine calls ``before_optimi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -255,6 +255,3 @@ class SparsityMethod(Callback):
         self.union = {n: u.to(self.masks.masks[n].device) for n, u in state["union"].items()}
         self.load_extra_state(state["extra"])
 
-
-def batches_from(fn: Callable[[], Batches] | Batches | None) -> Batches | None:
-    return fn() if callable(fn) else fn

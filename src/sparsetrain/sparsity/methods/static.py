@@ -25,6 +25,11 @@ RATIO_BUDGETS = {"snip_ratio": "snip", "grasp_ratio": "grasp"}
 DATA_SCORES = ("snip", "grasp", "gradient")
 
 
+def list_all_budgets() -> list[str]:
+    """Layer-wise budgets plus the score-driven ones (``global`` and the ratio budgets)."""
+    return [*list_budgets(), "global", *RATIO_BUDGETS]
+
+
 def check_budget_options(budget: str, dense_first: bool, dense_classifier: bool) -> None:
     """uniform_plus / erk_plus set the first conv / classifier themselves; with those layers
     removed from the masked set they would wrongly apply the rule to the next layer."""
@@ -70,7 +75,7 @@ class Static(SparsityMethod):
         **kw: Any,
     ) -> None:
         super().__init__(model, optimizer, **kw)
-        budgets = [*list_budgets(), "global", *RATIO_BUDGETS]
+        budgets = list_all_budgets()
         if budget not in budgets:
             raise UserError(f"unknown budget {budget!r}; choose from {budgets}")
         get_score(score)  # validates the name
