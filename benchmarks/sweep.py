@@ -1,7 +1,8 @@
 """Run a list of recipes one after another (CPU protocol comparisons) and tabulate them.
 
 Each finished run adds one row to a CSV (written after every run, so a stopped sweep keeps
-what it finished); a run whose directory already has summary.json is reused, not retrained.
+what it finished); a run whose directory already has summary.json is reused, not retrained,
+and one stopped mid-way (last.pt but no summary.json) is resumed from its checkpoint.
 At the end the table is appended to BENCHMARKS.md.
 
     python benchmarks/sweep.py configs/cpu/dense_resnet20_cifar10.yaml \\
@@ -87,7 +88,10 @@ def main() -> None:
             rows.append(_typed(previous[Path(recipe).name]))
             print(f"{recipe}: kept from {args.csv}", flush=True)
             continue
-        s = json.loads(done.read_text()) if done.is_file() else train(cfg)
+        if done.is_file():
+            s = json.loads(done.read_text())
+        else:  # a run stopped mid-way (its last.pt is there) continues where it stopped
+            s = train(cfg, resume=(cfg.run_dir / "last.pt").is_file())
         rows.append(row(Path(recipe).name, cfg, s))
         print(f"{recipe}: top-1 {100 * s['final']['test_acc']:.2f}%", flush=True)
         _write(args.csv, rows + [r for k, r in previous.items()
