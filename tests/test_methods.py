@@ -119,6 +119,22 @@ def test_sparse_resume_is_exact(tmp_path: Path) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resume_from_a_checkpoint_older_than_the_itop_union(tmp_path: Path) -> None:
+    """Checkpoints written before `logged` and `union` joined the method state still resume."""
+    base = tiny_config(tmp_path, sparsity={"method": "static", "density": 0.2})
+    cfg = load_config(write_config(tmp_path, {**base, "name": "old"}), ["train.max_steps=4"])
+    train(cfg)
+    path = cfg.run_dir / "last.pt"
+    ckpt = load_checkpoint(path)
+    (state,) = ckpt["trainer"]["callbacks"].values()
+    del state["logged"], state["union"]
+    torch.save(ckpt, path)
+    resumed = load_config(write_config(tmp_path, {**base, "name": "old"}))
+    summary = train(resumed, resume=True)
+    assert summary["steps"] > 4
+    assert summary["density"]["itop"] == pytest.approx(summary["density"]["global"], abs=1e-6)
+
+
 def test_budget_command(capsys) -> None:
     assert main(["budget", "--model", "resnet20", "--budget", "erk", "--density", "0.1",
                  "--json"]) == 0

@@ -251,7 +251,11 @@ class SparsityMethod(Callback):
         self.prepared = state["prepared"]
         self.generator.set_state(state["generator"])
         self.log = list(state["log"])
-        self._logged = state["logged"]
-        self.union = {n: u.to(self.masks.masks[n].device) for n, u in state["union"].items()}
+        # checkpoints written before the ITOP union and the log cursor were saved: every log
+        # entry was already written, and the union restarts from the current masks (exact for
+        # static masks; a lower bound for the dynamic methods)
+        self._logged = state.get("logged", len(self.log))
+        union = state.get("union") or {n: m.bool() for n, m in self.masks.masks.items()}
+        self.union = {n: u.to(self.masks.masks[n].device) for n, u in union.items()}
         self.load_extra_state(state["extra"])
 
