@@ -55,6 +55,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError("train needs --config FILE (or --resume RUN_DIR)")
     cfg = load_config(resolve_recipe(args.config), overrides)
     summary = train(cfg, resume=args.resume is not None)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone reports
+        return 0
     final = summary["final"]
     line = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
     print(f"done: {line}; {summary['images_per_s']:.0f} img/s; wall {summary['wall_s']:.0f}s; "

@@ -28,7 +28,7 @@ class DataConfig(_Section):
     train_subset: int | None = Field(None, ge=1)  # first N (shuffled, seeded) train images
     test_subset: int | None = Field(None, ge=1)
     loader: Literal["device", "stream"] = "device"  # stream: image folders too big for memory
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1)  # global: all data-parallel ranks together
     eval_batch_size: int = Field(512, ge=1)
     pad: int = Field(4, ge=0, le=16)
     padding_mode: Literal["reflect", "zeros"] = "reflect"
@@ -58,7 +58,8 @@ class TrainConfig(_Section):
     gamma: float = Field(0.1, gt=0, le=1)
     final_lr_frac: float = Field(0.0, ge=0, le=1)  # cosine ends at lr * final_lr_frac
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # fp64: float64 weights and batches, for numerical checks (e.g. data-parallel equivalence)
+    precision: Literal["auto", "bf16", "fp32", "fp64"] = "auto"
     channels_last: bool = True
     compile: bool = False
     eval_every: int = Field(1, ge=1)  # epochs
@@ -68,6 +69,10 @@ class TrainConfig(_Section):
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+    # data parallel (torchrun): BN statistics of the global batch (SyncBatchNorm on GPU, our
+    # all-reduce BN on CPU); compare a hash of the masks across ranks after every update
+    sync_bn: bool = False
+    check_consistency: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -36,13 +36,14 @@ def has_fast_bf16(device: torch.device) -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if has_fast_bf16(device) else "fp32"
-    if precision not in ("bf16", "fp32"):
-        raise UserError(f"unknown precision {precision!r}; choose from ('auto', 'bf16', 'fp32')")
+    if precision not in ("bf16", "fp32", "fp64"):
+        raise UserError(f"unknown precision {precision!r}; "
+                        "choose from ('auto', 'bf16', 'fp32', 'fp64')")
     return precision
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (fp32 master weights) or a no-op for fp32."""
+    """bf16 autocast (fp32 master weights) or a no-op for fp32 / fp64."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

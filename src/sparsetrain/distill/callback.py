@@ -25,6 +25,7 @@ from sparsetrain.distill.losses import (
     soft_target,
 )
 from sparsetrain.distill.teachers import EpochKey, SoftLabelCache, TeacherEnsemble
+from sparsetrain.distributed import mean_across_ranks
 from sparsetrain.errors import UserError
 
 if TYPE_CHECKING:
@@ -129,6 +130,8 @@ class Distillation(Callback):
         d_loss = discriminator_loss(self.disc, outputs, probs, self.temperature)
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward(inputs=list(self.disc.parameters()))
+        # data parallel: the critic sees the global batch and stays identical on every rank
+        mean_across_ranks([p.grad for p in self.disc.parameters() if p.grad is not None])
         self.disc_opt.step()
         # Frozen while g_loss is built, so the student's backward neither reaches nor
         # accumulates into the critic's gradients.

@@ -13,7 +13,9 @@ over the batches (each batch averaged), with the model in train mode (batch stat
 initialization in the papers. ``density`` is the final global density (only SynFlow uses it).
 Some scores take extra keyword options (``synflow(rounds=)``, ``grasp(temperature=, ...)``).
 
-No score changes the model: parameters, buffers (BN running statistics), ``.grad`` fields,
+Under data parallelism (``torchrun``) the accumulated gradients are averaged across ranks
+before they become scores, so every rank computes the same scores (and masks) from the global
+batch. No score changes the model: parameters, buffers (BN running statistics), ``.grad`` fields,
 ``requires_grad`` flags and every module's train/eval mode are as before the call.
 """
 
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparsetrain.distributed import mean_across_ranks
 from sparsetrain.errors import UserError
 from sparsetrain.models import init_weights
 from sparsetrain.sparsity.topk import _check_density, densities_of, global_masks
@@ -121,6 +124,7 @@ def _loss_grad(
             loss = F.cross_entropy(model(x) / temperature, y)
             for t, g in zip(total, _grad(loss, params), strict=True):
                 t.add_(g)
+    mean_across_ranks(total)  # data parallel: every rank scores the global batch
     return total
 
 
@@ -232,6 +236,7 @@ def grasp(
             z = sum((gi * di).sum() for gi, di in zip(g, dl, strict=True))
             for acc, h in zip(hg, _grad(z, params), strict=True):
                 acc.add_(h)
+    mean_across_ranks(hg)
     return _result(names, params, [p.detach() * h for p, h in zip(params, hg, strict=True)])
 
 
@@ -271,6 +276,7 @@ def synflow(
     for k in range(1, rounds + 1):
         with torch.enable_grad():
             grads = _grad(net(x).sum(), weights)
+        mean_across_ranks(grads)  # same data on every rank; removes any device nondeterminism
         scores = [(w.detach() * g).abs() for w, g in zip(weights, grads, strict=True)]
         ranked = {n: scores[i].masked_fill(~keep[i], -math.inf) for i, n in enumerate(names)}
         # -inf on pruned entries keeps the masks nested: a pruned weight is never revived.

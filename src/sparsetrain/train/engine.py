@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sparsetrain.callbacks import Callback
+from sparsetrain.distributed import DistContext
 from sparsetrain.precision import autocast
 from sparsetrain.train.schedules import LRSchedule
 
@@ -50,9 +51,12 @@ class Trainer:
         log_fn: Callable[[dict[str, Any]], None] | None = None,
         progress: bool = True,
         forward_model: nn.Module | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.model = model
         self.forward_model = forward_model or model  # e.g. torch.compile'd or DDP-wrapped
+        # data parallel: epoch totals and evaluations are summed over ranks
+        self.dist = dist or DistContext()
         self.optimizer = optimizer
         self.schedule = schedule
         self.train_loader = train_loader
@@ -207,16 +211,21 @@ class Trainer:
     def _account(
         self, t0: float, seen: int, loss_sum: torch.Tensor, correct: torch.Tensor
     ) -> None:
-        """Fold the device-side accumulators and elapsed time into the epoch totals."""
+        """Fold the device-side accumulators and elapsed time into the epoch totals (summed
+        over ranks under data parallelism; the time is this rank's)."""
+        totals = torch.stack([loss_sum.double(), correct.double(),
+                              torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
+        self.dist.sum_(totals)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
+        loss, right, seen = totals.tolist()
         self.train_time += dt
-        self.images_seen += seen
+        self.images_seen += int(seen)
         self._ep["time"] += dt
-        self._ep["n"] += seen
-        self._ep["loss"] += loss_sum.item()
-        self._ep["correct"] += int(correct.item())
+        self._ep["n"] += int(seen)
+        self._ep["loss"] += loss
+        self._ep["correct"] += int(right)
 
     def _save(self) -> None:
         if self.save_fn is not None:
@@ -229,14 +238,18 @@ class Trainer:
         return fields
 
     def evaluate(self, loader: Any) -> dict[str, float]:
-        return evaluate(self.forward_model, loader, self.device, self.precision)
+        # under DDP the plain module evaluates (no collectives per batch); ranks hold shards
+        model = self.model if self.dist.enabled else self.forward_model
+        return evaluate(model, loader, self.device, self.precision, self.dist)
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Any, device: torch.device, precision: str = "fp32"
+    model: nn.Module, loader: Any, device: torch.device, precision: str = "fp32",
+    dist: DistContext | None = None,
 ) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy over every sample of ``loader`` (eval mode)."""
+    """Top-1 accuracy and mean cross-entropy over every sample of ``loader`` (eval mode);
+    with ``dist``, over the union of the ranks' shards."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -251,4 +264,10 @@ def evaluate(
         correct += (out.argmax(1) == y).sum()
         n += len(y)
     model.train(was_training)
-    return {"acc": correct.item() / max(1, n), "loss": loss_sum.item() / max(1, n), "n": n}
+    totals = torch.stack([loss_sum, correct.double(),
+                          torch.tensor(float(n), dtype=torch.float64, device=device)])
+    if dist is not None:
+        dist.sum_(totals)
+    loss, right, count = totals.tolist()
+    n = int(count)
+    return {"acc": right / max(1, n), "loss": loss / max(1, n), "n": n}

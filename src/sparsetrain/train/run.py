@@ -8,6 +8,7 @@ and leave existing files untouched.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,14 @@ from sparsetrain.data.stream import (
     RandomHorizontalFlip,
     RandomResizedCrop,
     Resize,
+)
+from sparsetrain.distributed import (
+    DistContext,
+    MaskConsistency,
+    convert_sync_batchnorm,
+    init_from_env,
+    shutdown,
+    wrap_ddp,
 )
 from sparsetrain.errors import UserError
 from sparsetrain.models import create_model, model_info
@@ -112,17 +121,21 @@ def load_data(cfg: RunConfig) -> DataBundle:
 
 def make_loader(
     cfg: RunConfig, data: ImageArrays | ImageFolderStream, info: DatasetInfo, *, train: bool,
-    device: torch.device, rank: int = 0, world_size: int = 1,
+    device: torch.device, rank: int = 0, world_size: int = 1, dtype: torch.dtype = torch.float32,
 ) -> DeviceLoader | StreamLoader:
-    """The device-resident loader for arrays, the streaming loader for image folders."""
+    """The device-resident loader for arrays, the streaming loader for image folders.
+
+    Batch sizes in the config are global: each of ``world_size`` ranks loads its share."""
     d = cfg.data
     bs = d.batch_size if train else d.eval_batch_size
+    if world_size > 1:  # divisibility of the training batch: check_config
+        bs = max(1, bs // world_size)
     common = dict(mean=info.mean, std=info.std, train=train, seed=cfg.seed, device=device,
                   channels_last=cfg.train.channels_last, rank=rank, world_size=world_size)
     if isinstance(data, ImageArrays):
         return DeviceLoader(data, bs, pad=d.pad, padding_mode=d.padding_mode, flip=d.flip,
-                            **common)
-    return StreamLoader(data, bs, workers=d.workers, **common)
+                            dtype=dtype, **common)
+    return StreamLoader(data, bs, workers=d.workers, dtype=dtype, **common)
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
@@ -132,6 +145,10 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
 def check_config(cfg: RunConfig) -> None:
     """Cheap checks of names and paths, before any data is decoded."""
     info = model_info(cfg.model.name)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and cfg.data.batch_size % world:
+        raise UserError(f"data.batch_size {cfg.data.batch_size} is the global batch and must be "
+                        f"divisible by the {world} processes")
     check_data_path(data_path(cfg))
     for teacher in cfg.distill.teachers:
         if not Path(teacher).is_file():
@@ -149,9 +166,10 @@ def check_data_path(path: str) -> None:
 
 
 def make_loaders(
-    cfg: RunConfig, data: DataBundle, device: torch.device, rank: int = 0, world_size: int = 1
+    cfg: RunConfig, data: DataBundle, device: torch.device, rank: int = 0, world_size: int = 1,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[DeviceLoader | StreamLoader, dict[str, DeviceLoader | StreamLoader]]:
-    kw = dict(device=device, rank=rank, world_size=world_size)
+    kw = dict(device=device, rank=rank, world_size=world_size, dtype=dtype)
     train = make_loader(cfg, data.train, data.info, train=True, **kw)
     evals = {}
     if data.val is not None:
@@ -225,14 +243,23 @@ class Built:
     method: SparsityMethod
 
 
-def build(cfg: RunConfig, device: torch.device) -> Built:
-    """Data, model (with mask buffers), optimizer, LR schedule, loaders and sparsity method."""
-    data = load_data(cfg)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.num_classes).to(device)
+def build(cfg: RunConfig, device: torch.device, ctx: DistContext | None = None) -> Built:
+    """Data, model (with mask buffers), optimizer, LR schedule, loaders and sparsity method;
+    with ``ctx``, this rank's share of a data-parallel job."""
+    ctx = ctx or DistContext()
+    with ctx.main_first():  # rank 0 decodes and caches the data set, then the others read it
+        data = load_data(cfg)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg, data.num_classes)
+    if ctx.enabled and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model, device)
+    fp64 = resolve_precision(cfg.train.precision, device) == "fp64"
+    dtype = torch.float64 if fp64 else torch.float32
+    model = model.to(device=device, dtype=dtype)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_loader, eval_loaders = make_loaders(cfg, data, device)
+    train_loader, eval_loaders = make_loaders(cfg, data, device, ctx.rank, ctx.world_size,
+                                              dtype)
     t = cfg.train
     optimizer = build_optimizer(
         model, t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
@@ -253,20 +280,39 @@ def train(
     resume: bool = False,
     callbacks: list[Callback] | None = None,
 ) -> dict[str, Any]:
-    """Train as configured; write the run directory; return the summary."""
+    """Train as configured; write the run directory; return the summary.
+
+    Under ``torchrun`` every rank calls this: ranks share the work of each global batch, rank 0
+    alone writes the run directory, logs and shows progress (see :mod:`sparsetrain.distributed`).
+    """
     check_config(cfg)
-    run_dir = _prepare_run_dir(cfg, resume)
-    t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    ctx, device = init_from_env(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, ctx, device, resume, callbacks or [])
+    finally:
+        shutdown()
+
+
+def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, resume: bool,
+           extra_callbacks: list[Callback]) -> dict[str, Any]:
+    run_dir = _prepare_run_dir(cfg, resume)
+    ctx.barrier()  # every rank has checked the run directory before rank 0 writes to it
+    t_start = time.perf_counter()
     precision = resolve_precision(cfg.train.precision, device)
     ckpt = load_checkpoint(run_dir / "last.pt") if resume else None
-    b = build(cfg, device)
-    callbacks = [b.method, *distillation(cfg, device, precision), *(callbacks or [])]
+    b = build(cfg, device, ctx)
+    callbacks = [b.method, *distillation(cfg, device, precision), *extra_callbacks]
+    if cfg.train.check_consistency and b.method.masks.masks:
+        callbacks.insert(1, MaskConsistency(b.method))
     if ckpt is None:
         b.method.prepare(score_batches(b.train_loader, cfg.sparsity.score_batches))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        b.model.load_state_dict(ckpt["model"])
+    main = ctx.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     best: dict[str, Any] = {}
     classes = list(b.data.train.classes)
@@ -284,32 +330,40 @@ def train(
             f.write(json.dumps(metrics) + "\n")
 
     t = cfg.train
+    forward: nn.Module = wrap_ddp(b.model, device) if ctx.enabled else b.model
     trainer = Trainer(
         b.model, b.optimizer, b.schedule, b.train_loader, b.eval_loaders, epochs=t.epochs,
         device=device, precision=precision, label_smoothing=t.label_smoothing,
         callbacks=callbacks, eval_every=t.eval_every,
         grad_clip=t.grad_clip, max_steps=t.max_steps, checkpoint_every=t.checkpoint_every,
-        save_fn=save, log_fn=log, progress=t.progress,
-        forward_model=torch.compile(b.model) if t.compile else b.model,
+        save_fn=save if main else None, log_fn=log if main else None,
+        progress=t.progress and main,
+        forward_model=torch.compile(forward) if t.compile else forward, dist=ctx,
     )
     if ckpt is not None:
-        b.model.load_state_dict(ckpt["model"])
         trainer.load_state_dict(ckpt["trainer"])
         best.update(ckpt["best"])
         set_rng_state(ckpt["rng"])
-        _truncate_metrics(metrics_path, trainer.step)
-        print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}")
-    atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
-    print(f"training {cfg.model.name} on {cfg.data.dataset} ({len(b.data.train)} train images) "
-          f"for {t.epochs} epochs on {device} in {precision}; run dir {run_dir}")
+        if main:
+            _truncate_metrics(metrics_path, trainer.step)
+            print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}")
+    if main:
+        atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+        procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
+        print(f"training {cfg.model.name} on {cfg.data.dataset} ({len(b.data.train)} train "
+              f"images) for {t.epochs} epochs on {device}{procs} in {precision}; "
+              f"run dir {run_dir}")
     trainer.fit()
     summary = _summarize(cfg, trainer, b, best, device, precision)
+    summary["world_size"] = ctx.world_size
     summary["wall_s"] = time.perf_counter() - t_start
     if ckpt is not None and (run_dir / "summary.json").is_file():
         summary["wall_s"] += json.loads((run_dir / "summary.json").read_text()).get("wall_s", 0)
     for cb in trainer.callbacks:
         cb.on_train_end(trainer, summary)
-    write_json(summary, run_dir / "summary.json")
+    if main:
+        write_json(summary, run_dir / "summary.json")
+    ctx.barrier()  # no rank leaves (and tears the group down) while another still works
     return summary
 
 
