@@ -24,7 +24,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 def has_fast_bf16(device: torch.device) -> bool:
     """True where bf16 matmul/conv runs on dedicated units (AMX/AVX512-BF16, tensor cores)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

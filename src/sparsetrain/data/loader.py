@@ -114,8 +114,8 @@ class DeviceLoader:
         """Draw every random decision of ``epoch`` (identical on all ranks before sharding)."""
         if not self.train:
             order = torch.arange(self.n)[self.rank :: self.world_size]
-            zeros = torch.zeros(len(order), dtype=torch.long)
-            return EpochPlan(epoch, order, zeros, zeros, zeros.bool())
+            zeros = torch.zeros(len(order), dtype=torch.long, device=self.device)
+            return EpochPlan(epoch, order.to(self.device), zeros, zeros, zeros.bool())
         g = epoch_generator(self.seed, epoch)
         perm = torch.randperm(self.n, generator=g)
         total = self.per_rank * self.world_size
@@ -127,19 +127,15 @@ class DeviceLoader:
         if not self.flip:
             flip.zero_()
         sl = slice(self.rank, None, self.world_size)
-        return EpochPlan(epoch, perm[sl], dy[sl], dx[sl], flip[sl])
+        # on the device once per epoch: a batch is then a slice, with no host-device copy
+        return EpochPlan(epoch, *(t[sl].to(self.device) for t in (perm, dy, dx, flip)))
 
     def batch(self, plan: EpochPlan, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``i`` of ``plan``: (normalized images [B, C, H, W], labels [B])."""
         sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        idx = plan.order[sl].to(self.device, non_blocking=True)
+        idx = plan.order[sl]
         if self.train:
-            x = self._augment(
-                idx,
-                plan.dy[sl].to(self.device, non_blocking=True),
-                plan.dx[sl].to(self.device, non_blocking=True),
-                plan.flip[sl].to(self.device, non_blocking=True),
-            )
+            x = self._augment(idx, plan.dy[sl], plan.dx[sl], plan.flip[sl])
         else:
             x = self.images[idx]  # [B, H, W, C]
         return self._normalize(x), self.labels[idx]

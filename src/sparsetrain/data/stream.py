@@ -12,6 +12,7 @@ called as ``t(img, g)`` with a ``torch.Generator`` (``None``: torch's global gen
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -321,6 +322,14 @@ def make_stream_loader(
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _stats(std: tuple, mean: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel std and mean as [1, C, 1, 1] tensors on ``device``, made once (a host to
+    device copy per batch would synchronize the GPU stream)."""
+    return (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+            torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+
+
 def normalize_batch(
     x_uint8: torch.Tensor,
     mean: Sequence[float],
@@ -334,8 +343,7 @@ def normalize_batch(
             f"expected [B, {len(mean)}, H, W] for {len(mean)} means, got {tuple(x_uint8.shape)}"
         )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    std_t = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    std_t, mean_t = _stats(tuple(std), tuple(mean), x_uint8.device)
     x = x_uint8.to(torch.float32, copy=True, memory_format=fmt)  # never the caller's tensor
     x.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
     return x.to(dtype).contiguous(memory_format=fmt)

@@ -79,8 +79,9 @@ class TeacherEnsemble:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        with autocast(self.device, self.precision):
-            return [m(x) for m in self.models]
+        dtype = next(self.models[0].parameters()).dtype
+        with autocast(self.device, self.precision):  # fp64 students feed fp32 teachers
+            return [m(x.to(dtype)) for m in self.models]
 
 
 def files_fingerprint(paths: Sequence[str | Path]) -> str:

@@ -20,6 +20,7 @@ from torch import nn
 
 from sparsetrain.config import RunConfig
 from sparsetrain.errors import UserError
+from sparsetrain.precision import resolve_device
 from sparsetrain.structured.correlate import correlation_study
 from sparsetrain.structured.groups import prunable_groups, prune_model
 from sparsetrain.structured.macs import MacsModel, macs_params
@@ -89,9 +90,12 @@ def run_eagleeye(
         rest, held = data.train, data.val
     else:
         rest, held = holdout_split(data.train, min(o.holdout, len(data.train) // 2), cfg.seed)
+    dev = resolve_device(cfg.train.device)  # the search runs where training runs
+    dense = dense.to(dev)
+    fmt = dict(device=dev, channels_last=cfg.train.channels_last)
     tb = abn_batches(rest, mean, std, n=o.abn_batches, batch_size=d.batch_size, seed=cfg.seed,
-                     pad=d.pad, padding_mode=d.padding_mode)
-    hb = eval_batches(held, mean, std, batch_size=d.eval_batch_size)
+                     pad=d.pad, padding_mode=d.padding_mode, **fmt)
+    hb = eval_batches(held, mean, std, batch_size=d.eval_batch_size, **fmt)
     run_dir = cfg.run_dir
     res = eagleeye_search(dense, tb, hb, run_dir, flops_target=o.flops, candidates=o.candidates,
                           r_min=o.r_min, r_max=o.r_max, tolerance=o.tolerance,

@@ -50,6 +50,8 @@ class SaveAtStep(Callback):
         self.step, self.src, self.dst = step, Path(src), Path(dst)
 
     def _save(self, trainer: Any) -> None:
+        if trainer.save_fn is None:  # under torchrun only rank 0 writes the run directory
+            return
         trainer.save_fn(trainer)
         shutil.copyfile(self.src, self.dst)
 

@@ -236,7 +236,9 @@ class SparsityMethod(Callback):
             self._logged = len(self.log)
 
     def progress(self) -> dict[str, str]:
-        return {"density": f"{self.masks.density():.3f}"}
+        # masks change only where _record logs them: no per-layer device sync per refresh
+        density = self.log[-1]["density"] if self.log else self.masks.density()
+        return {"density": f"{density:.3f}"}
 
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method_name, "step": self.step_count, "prepared": self.prepared,
