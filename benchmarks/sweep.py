@@ -20,7 +20,7 @@ from _common import append_markdown, header
 
 from sparsetrain import load_config, train
 
-FIELDS = ["recipe", "model", "method", "budget", "score", "density", "seed", "epochs",
+FIELDS = ["recipe", "model", "method", "budget", "score", "density", "itop", "seed", "epochs",
           "test_acc", "test_loss", "flops_dense", "flops_sparse", "params_nonzero",
           "images_per_s", "train_s", "wall_s", "git_commit"]
 
@@ -31,7 +31,9 @@ def row(recipe: str, cfg, s: dict) -> dict:
     return {
         "recipe": recipe, "model": cfg.model.name, "method": sp.method,
         "budget": sp.budget if static else "", "score": sp.score if static else "",
-        "density": round(s.get("density", {}).get("global", 1.0), 5), "seed": cfg.seed,
+        "density": round(s.get("density", {}).get("global", 1.0), 5),
+        "itop": round(s["density"]["itop"], 4) if "itop" in s.get("density", {}) else "",
+        "seed": cfg.seed,
         "epochs": s["epochs"], "test_acc": s["final"]["test_acc"],
         "test_loss": round(s["final"]["test_loss"], 4),
         "flops_dense": s.get("flops", {}).get("dense", ""),
@@ -44,7 +46,8 @@ def row(recipe: str, cfg, s: dict) -> dict:
 
 def _typed(r: dict) -> dict:
     """A CSV row back with numbers as numbers."""
-    out = dict(r)
+    out = {k: r.get(k, "") for k in FIELDS}
+    out["itop"] = float(out["itop"]) if out["itop"] != "" else ""
     for k in ("test_acc", "test_loss", "density"):
         out[k] = float(r[k])
     for k in ("flops_dense", "flops_sparse", "params_nonzero", "images_per_s", "train_s",
@@ -96,14 +99,17 @@ def main() -> None:
         print(f"{recipe}: top-1 {100 * s['final']['test_acc']:.2f}%", flush=True)
         _write(args.csv, rows + [r for k, r in previous.items()
                                  if k not in {x["recipe"] for x in rows}])
-    lines = ["| recipe | budget | score | density | top-1 | test loss | effective FLOPs | "
-             "nonzero params | train img/s | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | budget | score | density | ITOP | top-1 | test loss | effective FLOPs | "
+             "nonzero params | train img/s | wall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flops = (f"{r['flops_sparse'] / 1e6:.1f}M / {r['flops_dense'] / 1e6:.1f}M"
                  if r["flops_dense"] != "" else "")
         nz = f"{r['params_nonzero']:,}" if r["params_nonzero"] != "" else ""
+        itop = f"{r['itop']:.3f}" if r["itop"] != "" else "—"
         lines.append(f"| {r['recipe']} | {r['budget'] or '—'} | {r['score'] or '—'} | "
-                     f"{r['density']} | {100 * r['test_acc']:.2f}% | {r['test_loss']} | {flops} | "
+                     f"{r['density']} | {itop} | {100 * r['test_acc']:.2f}% | {r['test_loss']} | "
+                     f"{flops} | "
                      f"{nz} | {r['images_per_s']} | {r['wall_s'] / 60:.1f} min |")
     text = "\n".join(lines)
     print(text)
