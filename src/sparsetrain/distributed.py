@@ -26,6 +26,7 @@ recipe means the same thing on 1 or 8 processes (no implicit linear LR scaling: 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import hashlib
@@ -97,7 +98,9 @@ def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment.
 
     Returns the context and the device this rank trains on (``cuda:LOCAL_RANK`` on GPUs). With
-    ``WORLD_SIZE`` unset or 1 nothing is initialized. Reuses a group the caller already made.
+    ``WORLD_SIZE`` unset or 1 nothing is initialized. Reuses a group that already exists (the
+    caller's, or one an earlier run in this process made); a group made here is destroyed when
+    the process exits.
     """
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
@@ -115,6 +118,8 @@ def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
         timeout = datetime.timedelta(seconds=_env_int("SPARSETRAIN_DIST_TIMEOUT", 1800))
         dist.init_process_group(backend, timeout=timeout,
                                 **({"device_id": device} if device.type == "cuda" else {}))
+        # one group per process, reused by later runs in it (lottery rounds, fine-tunes)
+        atexit.register(shutdown)
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise UserError("an existing process group disagrees with RANK/WORLD_SIZE")
     return DistContext(rank, world, local), device

@@ -51,7 +51,6 @@ from sparsetrain.distributed import (
     MaskConsistency,
     convert_sync_batchnorm,
     init_from_env,
-    shutdown,
     wrap_ddp,
 )
 from sparsetrain.errors import UserError
@@ -289,10 +288,7 @@ def train(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     ctx, device = init_from_env(resolve_device(cfg.train.device))
-    try:
-        return _train(cfg, ctx, device, resume, callbacks or [])
-    finally:
-        shutdown()
+    return _train(cfg, ctx, device, resume, callbacks or [])
 
 
 def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, resume: bool,
