@@ -49,6 +49,8 @@ def main() -> None:
                 cells += ["—", "—"]
                 continue
             itop = r.get("itop", "")
+            if itop in ("", None) and r["method"] == "static":  # rows from before ITOP was
+                itop = r["density"]  # logged: a fixed mask's union is the mask itself
             cells += [f"{100 * float(r['test_acc']):.2f}%",
                       f"{float(itop):.3f}" if itop not in ("", None) else "—"]
         lines.append(f"| {LABELS[recipe]} | " + " | ".join(cells) + " |")
