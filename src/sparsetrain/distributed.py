@@ -74,6 +74,12 @@ class DistContext:
             dist.all_reduce(t)
         return t
 
+    def totals(self, *values: torch.Tensor | float, device: torch.device) -> list[float]:
+        """``values`` (device scalars or numbers) summed over ranks, read with one sync."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(())
+                         for v in values])
+        return self.sum_(t).tolist()
+
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
         """Rank 0 runs the block first (e.g. builds a cache), then the others."""

@@ -213,13 +213,10 @@ class Trainer:
     ) -> None:
         """Fold the device-side accumulators and elapsed time into the epoch totals (summed
         over ranks under data parallelism; the time is this rank's)."""
-        totals = torch.stack([loss_sum.double(), correct.double(),
-                              torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
-        self.dist.sum_(totals)
+        loss, right, seen = self.dist.totals(loss_sum, correct, seen, device=self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        loss, right, seen = totals.tolist()
         self.train_time += dt
         self.images_seen += int(seen)
         self._ep["time"] += dt
@@ -264,10 +261,6 @@ def evaluate(
         correct += (out.argmax(1) == y).sum()
         n += len(y)
     model.train(was_training)
-    totals = torch.stack([loss_sum, correct.double(),
-                          torch.tensor(float(n), dtype=torch.float64, device=device)])
-    if dist is not None:
-        dist.sum_(totals)
-    loss, right, count = totals.tolist()
+    loss, right, count = (dist or DistContext()).totals(loss_sum, correct, n, device=device)
     n = int(count)
     return {"acc": right / max(1, n), "loss": loss / max(1, n), "n": n}
