@@ -25,18 +25,21 @@ from sparsetrain.train.optim import build_optimizer
 from sparsetrain.train.schedules import build_schedule
 
 
-def make_trainer(model_name: str, data, method: str | None, density: float) -> Trainer:
+def make_trainer(model_name: str, data, method: str | None, density: float,
+                 callbacks: list | None = None) -> Trainer:
+    """A CPU-protocol Trainer (bf16, channels_last, 15-epoch schedules) on ``data``, with the
+    sparsity ``method`` (None: dense) and any extra ``callbacks``."""
     torch.manual_seed(0)
     info = get_dataset_info("cifar10")
     loader = DeviceLoader(data, 128, info.mean, info.std, train=True, seed=0)
     model = create_model(model_name).to(memory_format=torch.channels_last)
     opt = build_optimizer(model, "sgd", lr=0.1, weight_decay=5e-4)
     spe, epochs = len(loader), 15
-    callbacks = []
+    callbacks = list(callbacks or [])
     if method is not None:
         m = create_method(method, model, opt, density=density, seed=0,
                           total_steps=epochs * spe, steps_per_epoch=spe)
-        callbacks.append(m.prepare())
+        callbacks.insert(0, m.prepare())
     sched = build_schedule("cosine", epochs=epochs, steps_per_epoch=spe, warmup_epochs=1)
     return Trainer(model, opt, sched, loader, {}, epochs=epochs, device=torch.device("cpu"),
                    precision="bf16", callbacks=callbacks, progress=False, max_steps=None)

@@ -375,6 +375,27 @@ def test_search_candidates_reproduce_from_their_record(tmp_path):
     assert top1(pruned, held_b) == rec["abn_score"]
 
 
+def test_search_scores_in_the_training_precision(tmp_path):
+    """bf16: the scores are those of the pruned model evaluated and re-estimated under bf16
+    autocast (as it trains); the precision is part of the settings a resume must match."""
+    from sparsetrain.precision import autocast
+
+    m = _model("resnet20")
+    train_b, held_b = _search_data()
+    kw = dict(candidates=2, abn_batches=2, progress=False)
+    res = eagleeye_search(m, train_b, held_b, tmp_path, precision="bf16", **kw)
+    rec = res.candidates[1]
+    pruned = prune_model(m, rec["ratios"])
+    cpu = torch.device("cpu")
+    with autocast(cpu, "bf16"):
+        assert top1(pruned, held_b) == rec["vanilla_score"]
+        adaptive_bn(pruned, train_b, 2)
+        assert top1(pruned, held_b) == rec["abn_score"]
+    assert json.loads((tmp_path / "search.json").read_text())["settings"]["precision"] == "bf16"
+    with pytest.raises(UserError, match="precision"):
+        eagleeye_search(m, train_b, held_b, tmp_path, precision="fp32", **kw)
+
+
 # -- correlation --------------------------------------------------------------------------------
 
 

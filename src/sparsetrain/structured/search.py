@@ -35,6 +35,7 @@ from tqdm import tqdm
 from sparsetrain.checkpoint import atomic_write_bytes, write_json
 from sparsetrain.data import DeviceLoader, ImageArrays, train_val_split
 from sparsetrain.errors import UserError
+from sparsetrain.precision import autocast
 from sparsetrain.structured.adaptive_bn import adaptive_bn
 from sparsetrain.structured.groups import ChannelGroup, prunable_groups, prune_model
 from sparsetrain.structured.macs import MacsModel, macs_params
@@ -173,11 +174,13 @@ def eagleeye_search(
     seed: int = 0,
     importance: str = "l1",
     round_to: int | None = None,
+    precision: str = "fp32",
     progress: bool = True,
 ) -> SearchResult:
     """Run (or continue) the search until ``out_dir/candidates.jsonl`` holds ``candidates``
     lines; ``train_batches`` feed adaptive BN, ``holdout`` (test-time transforms, part of the
-    training set) scores candidates."""
+    training set) scores candidates. ``precision`` ("fp32" or "bf16" autocast, as in training)
+    is the one both forward passes and adaptive BN run in."""
     if candidates < 1:
         raise UserError(f"need at least one candidate, got {candidates}")
     out = Path(out_dir)
@@ -187,7 +190,7 @@ def eagleeye_search(
         return _search(dense_model, train_batches, holdout, out, flops_target=flops_target,
                        candidates=candidates, r_min=r_min, r_max=r_max, tolerance=tolerance,
                        abn_batches=abn_batches, seed=seed, importance=importance,
-                       round_to=round_to, progress=progress)
+                       round_to=round_to, precision=precision, progress=progress)
     finally:
         dense_model.train(was_training)
 
@@ -195,14 +198,16 @@ def eagleeye_search(
 def _search(
     dense_model: nn.Module, train_batches: Sequence[Any], holdout: Sequence[Batch], out: Path,
     *, flops_target: float, candidates: int, r_min: float, r_max: float, tolerance: float,
-    abn_batches: int, seed: int, importance: str, round_to: int | None, progress: bool,
+    abn_batches: int, seed: int, importance: str, round_to: int | None, precision: str,
+    progress: bool,
 ) -> SearchResult:
     groups = prunable_groups(dense_model)
     macs_model = MacsModel.build(dense_model, groups, round_to)
     sampler = StrategySampler(macs_model, r_min, r_max, flops_target, tolerance, seed)
     settings = _settings(dense_model, groups, flops_target=flops_target, r_min=r_min,
                          r_max=r_max, tolerance=tolerance, abn_batches=abn_batches, seed=seed,
-                         importance=importance, round_to=round_to, holdout=_fingerprint(holdout))
+                         importance=importance, round_to=round_to, precision=precision,
+                         holdout=_fingerprint(holdout))
     _check_settings(out / "search.json", settings)
     if not (out / "search.json").is_file():
         write_json({"settings": settings}, out / "search.json")
@@ -219,15 +224,18 @@ def _search(
             raise UserError(f"{path}: candidate {rec['index']} is not the strategy these "
                             "settings draw; use another output directory")
     dense_macs, dense_params = macs_params(dense_model)
-    dense_score = top1(dense_model, holdout)
+    device = next(dense_model.parameters()).device
+    with autocast(device, precision):
+        dense_score = top1(dense_model, holdout)
     bar = tqdm(total=candidates, initial=len(done), unit="cand", disable=not progress,
                desc="eagleeye", dynamic_ncols=True)
     t_start, n_new = time.perf_counter(), 0
     with path.open("a") as f:
         for i in range(len(done), candidates):
-            rec = _evaluate(dense_model, groups, sampler, i, train_batches, holdout,
-                            abn_batches=abn_batches, importance=importance, round_to=round_to,
-                            seed=seed)
+            with autocast(device, precision):
+                rec = _evaluate(dense_model, groups, sampler, i, train_batches, holdout,
+                                abn_batches=abn_batches, importance=importance,
+                                round_to=round_to, seed=seed)
             f.write(json.dumps(rec) + "\n")
             f.flush()
             done.append(rec)

@@ -20,7 +20,7 @@ from torch import nn
 
 from sparsetrain.config import RunConfig
 from sparsetrain.errors import UserError
-from sparsetrain.precision import resolve_device
+from sparsetrain.precision import resolve_device, resolve_precision
 from sparsetrain.structured.correlate import correlation_study
 from sparsetrain.structured.groups import prunable_groups, prune_model
 from sparsetrain.structured.macs import MacsModel, macs_params
@@ -100,7 +100,8 @@ def run_eagleeye(
     res = eagleeye_search(dense, tb, hb, run_dir, flops_target=o.flops, candidates=o.candidates,
                           r_min=o.r_min, r_max=o.r_max, tolerance=o.tolerance,
                           abn_batches=o.abn_batches, seed=cfg.seed, importance=o.importance,
-                          round_to=o.round_to, progress=cfg.train.progress)
+                          round_to=o.round_to, progress=cfg.train.progress,
+                          precision=resolve_precision(cfg.train.precision, dev))
     info = _search_info(res)
     if o.correlate:
         short = cfg.model_copy(update={"train": cfg.train.model_copy(update={
