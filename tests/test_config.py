@@ -12,7 +12,7 @@ from sparsetrain.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_recipes_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recipes_validate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every shipped recipe parses, names a registered model, and its sparsity section builds
     the method (options a method does not use are errors)."""
     from sparsetrain.train.run import check_config
@@ -20,8 +20,14 @@ def test_recipes_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)  # recipes point at ../shared/data relative to the checkout
     recipes = sorted((REPO / "configs").rglob("*.yaml"))
     assert len(recipes) >= 40
+    teacher_run = load_config(REPO / "configs/cpu/dense_resnet56_cifar10.yaml").run_dir
+    stand_in = tmp_path / "teacher.pt"
+    stand_in.write_bytes(b"")  # existence is all check_config looks at
     for p in recipes:
         cfg = load_config(p, ["data.path=synthetic"])
+        if cfg.distill.teachers:  # shipped distillation recipes name the recipe-trained teacher
+            assert cfg.distill.teachers == [str(teacher_run / "last.pt")], p
+            cfg = load_config(p, ["data.path=synthetic", f"distill.teachers=[{stand_in}]"])
         check_config(cfg)
 
 
