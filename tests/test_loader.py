@@ -103,3 +103,25 @@ def test_no_flip_and_no_pad_is_identity_crop() -> None:
     ref = torch.stack([_reference(data.images[int(k)], 0, 0, False, 0, "zeros")
                        for k in plan.order[:8]])
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-5)
+
+
+def test_test_subset_is_stratified_and_seed_independent(monkeypatch) -> None:
+    """A split stored class by class (as CIFAR archives often are): ``data.test_subset`` takes
+    the same share of every class, whatever the run seed, not the first N images."""
+    import importlib
+
+    from sparsetrain.config import load_config
+
+    run = importlib.import_module("sparsetrain.train.run")
+
+    labels = torch.arange(10).repeat_interleave(100)  # 1,000 images, sorted by class
+    sorted_split = ImageArrays(torch.zeros(1000, 4, 4, 3, dtype=torch.uint8), labels,
+                               tuple(str(c) for c in range(10)))
+    monkeypatch.setattr(run, "load_split", lambda *a, **k: sorted_split)
+    subsets = []
+    for seed in (0, 5):
+        cfg = load_config(None, ["data.test_subset=200", f"seed={seed}"])
+        sub = run.load_test_split(cfg, "unused")
+        assert torch.bincount(sub.labels, minlength=10).tolist() == [20] * 10
+        subsets.append(sub.labels)
+    assert torch.equal(subsets[0], subsets[1])

@@ -26,7 +26,7 @@ class DataConfig(_Section):
     path: str | None = None  # default: the dataset's default path (shared CIFAR-10 archive)
     val_size: int = Field(0, ge=0)  # images held out of train for validation/selection
     train_subset: int | None = Field(None, ge=1)  # first N (shuffled, seeded) train images
-    test_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1)  # stratified N test images, same for all seeds
     loader: Literal["device", "stream"] = "device"  # stream: image folders too big for memory
     batch_size: int = Field(128, ge=1)  # global: all data-parallel ranks together
     eval_batch_size: int = Field(512, ge=1)

@@ -93,7 +93,9 @@ def load_test_split(cfg: RunConfig, path: str) -> ImageArrays | ImageFolderStrea
         return ImageFolderStream(path, "val" if Path(path, "val").is_dir() else "test", tf)
     test = load_split(d.dataset, path, "test", cache_dir=d.cache_dir)
     if d.test_subset is not None and d.test_subset < len(test):
-        test = test.subset(torch.arange(d.test_subset))
+        # stratified and the same for every run seed (archives are often stored class by
+        # class, so the first N images can be a single class)
+        test = test.subset(train_val_split(test.labels, d.test_subset, seed=0)[1])
     return test
 
 
