@@ -99,3 +99,28 @@ def test_list(capsys) -> None:
         assert f"  {name}\n" in out
     assert main(["list", "recipes"]) == 0
     assert "models" not in capsys.readouterr().out
+
+
+def test_prune_eagleeye_search_only(tmp_path: Path, capsys) -> None:
+    """``--no-finetune``: the search runs and the one-line result names its best candidate;
+    a bad ``--holdout`` is a one-line error."""
+    import torch
+
+    from sparsetrain.checkpoint import save_checkpoint
+    from sparsetrain.models import create_model
+
+    recipe = write_config(tmp_path, tiny_config(tmp_path, data={"path": "synthetic:128:32"}))
+    save_checkpoint({"format": 1, "config": {"model": {"name": "resnet20", "kwargs": {}}},
+                     "model": create_model("resnet20").state_dict(),
+                     "classes": [f"c{k}" for k in range(10)]}, tmp_path / "dense.pt")
+    torch.manual_seed(0)
+    args = ["prune", "eagleeye", "--config", str(recipe), "--checkpoint",
+            str(tmp_path / "dense.pt"), "--candidates", "2", "--abn-batches", "1",
+            "--no-finetune"]
+    assert main([*args, "--holdout", "-5"]) == 2
+    assert "--holdout" in _err_line(capsys)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "EagleEye search: 2 candidates, best adaptive-BN score" in out
+    run_dir = Path(out.strip().rsplit("run dir ", 1)[1])
+    assert len((run_dir / "candidates.jsonl").read_text().splitlines()) == 2

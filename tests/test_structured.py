@@ -492,3 +492,19 @@ def test_run_eagleeye_end_to_end(tmp_path):
     assert macs_params(model) == (st["macs"], st["params"])
     assert ckpt["trainer"]["step"] == 2
     assert run_eagleeye(cfg, tmp_path / "dense.pt", opts)["structured"] == st  # finished: reused
+
+
+def test_run_eagleeye_scores_on_a_stratified_part_of_the_validation_split(tmp_path):
+    cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64", "val_size": 60},
+                               train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
+    dense = create_model("resnet20")
+    save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
+                     "model": dense.state_dict(), "classes": [f"class{k}" for k in range(10)]},
+                    tmp_path / "dense.pt")
+    info = run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(
+        candidates=2, abn_batches=1, holdout=30, finetune=False))
+    assert info["candidates"] == 2 and "structured" not in info
+    settings = json.loads((cfg.run_dir / "search.json").read_text())["settings"]
+    assert settings["holdout"]["images"] == 30  # 30 of the 60 validation images
+    with pytest.raises(UserError, match="holdout"):
+        run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(holdout=0, finetune=False))

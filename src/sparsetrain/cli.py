@@ -153,11 +153,19 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_recipe(args.config), args.overrides)
     opts = EagleEyeOptions(flops=args.flops, candidates=args.candidates, r_min=args.r_min,
                            r_max=args.r_max, tolerance=args.tolerance,
-                           abn_batches=args.abn_batches, importance=args.importance,
+                           abn_batches=args.abn_batches, holdout=args.holdout,
+                           importance=args.importance,
                            round_to=args.round_to, baselines=not args.no_baselines,
                            finetune=not args.no_finetune, correlate=args.correlate)
     s = run_eagleeye(cfg, args.checkpoint, opts)
-    st = s.get("structured", {})
+    if "structured" not in s:  # --no-finetune: the search (and correlation study) only
+        corr = s.get("correlation")
+        print(f"EagleEye search: {s['candidates']} candidates, best adaptive-BN score "
+              f"{100 * s['best_abn_score']:.2f}% (candidate {s['best_index']})"
+              + (f", Spearman(ABN, fine-tuned) {corr['spearman']:.3f}" if corr else "")
+              + f"; run dir {cfg.run_dir}")
+        return 0
+    st = s["structured"]
     acc = s.get("final", {}).get("test_acc")
     print(f"EagleEye: MACs {st.get('macs', 0) / 1e6:.1f}M of {st.get('macs_dense', 0) / 1e6:.1f}M"
           + (f", fine-tuned top-1 {100 * acc:.2f}%" if acc is not None else "")
@@ -262,7 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--r-min", type=float, default=0.0)
     ee.add_argument("--r-max", type=float, default=0.7)
     ee.add_argument("--tolerance", type=float, default=0.005)
-    ee.add_argument("--abn-batches", type=int, default=50)
+    ee.add_argument("--abn-batches", type=int, default=50,
+                    help="training batches that re-estimate BN statistics per candidate")
+    ee.add_argument("--holdout", type=int, metavar="N",
+                    help="score candidates on N images: a stratified subset of the validation "
+                         "split (default: all of it; without data.val_size, 1000 training "
+                         "images held out)")
     ee.add_argument("--importance", default="l1", choices=["l1", "l2", "random"])
     ee.add_argument("--round-to", type=int, help="keep channel counts multiples of N")
     ee.add_argument("--correlate", type=int, default=0, metavar="K",

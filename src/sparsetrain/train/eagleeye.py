@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from sparsetrain.config import RunConfig
+from sparsetrain.data import train_val_split
 from sparsetrain.errors import UserError
 from sparsetrain.precision import resolve_device, resolve_precision
 from sparsetrain.structured.correlate import correlation_study
@@ -47,7 +48,9 @@ class EagleEyeOptions:
     r_max: float = 0.7
     tolerance: float = 0.005
     abn_batches: int = 50
-    holdout: int = 1000  # held-out training images scoring candidates (data.val_size wins)
+    # images that score candidates: a stratified subset of the validation split (all of it
+    # when None), or, without data.val_size, held out of the training set (1000 when None)
+    holdout: int | None = None
     importance: str = "l1"
     round_to: int | None = None
     baselines: bool = True  # also fine-tune uniform L1 and random-without-ABN strategies
@@ -86,16 +89,23 @@ def run_eagleeye(
         raise UserError(f"the data has {data.num_classes} classes, {checkpoint} was trained on "
                         f"{len(ckpt['classes'])}")
     mean, std, d = data.info.mean, data.info.std, cfg.data
+    if o.holdout is not None and o.holdout < 1:
+        raise UserError(f"--holdout must be a positive number of images, got {o.holdout}")
     if data.val is not None:
         rest, held = data.train, data.val
+        scoring = held
+        if o.holdout is not None and o.holdout < len(held):
+            scoring = held.subset(train_val_split(held.labels, o.holdout, seed=cfg.seed)[1])
     else:
-        rest, held = holdout_split(data.train, min(o.holdout, len(data.train) // 2), cfg.seed)
+        n = min(o.holdout or 1000, len(data.train) // 2)
+        rest, held = holdout_split(data.train, n, cfg.seed)
+        scoring = held
     dev = resolve_device(cfg.train.device)  # the search runs where training runs
     dense = dense.to(dev)
     fmt = dict(device=dev, channels_last=cfg.train.channels_last)
     tb = abn_batches(rest, mean, std, n=o.abn_batches, batch_size=d.batch_size, seed=cfg.seed,
                      pad=d.pad, padding_mode=d.padding_mode, **fmt)
-    hb = eval_batches(held, mean, std, batch_size=d.eval_batch_size, **fmt)
+    hb = eval_batches(scoring, mean, std, batch_size=d.eval_batch_size, **fmt)
     run_dir = cfg.run_dir
     res = eagleeye_search(dense, tb, hb, run_dir, flops_target=o.flops, candidates=o.candidates,
                           r_min=o.r_min, r_max=o.r_max, tolerance=o.tolerance,
