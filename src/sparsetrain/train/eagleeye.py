@@ -7,7 +7,9 @@ Run directory ``cfg.run_dir`` (every stage resumes; a finished stage is skipped)
     last.pt, best.pt, metrics.jsonl, summary.json   the winner fine-tuned with cfg.train
     baseline_uniform/                uniform L1 pruning at the same FLOPs, fine-tuned the same way
     baseline_random/                 best vanilla-scored random strategy (no adaptive BN), same
-    correlation.json/.png, correlate/   optional correlation study (K brief fine-tunes)
+    correlation.json/.png, correlate/   optional correlation study (K brief fine-tunes, scored
+                                     on validation images the search did not score on when
+                                     --holdout takes only part of the split)
 """
 
 from __future__ import annotations
@@ -93,13 +95,14 @@ def run_eagleeye(
         raise UserError(f"--holdout must be a positive number of images, got {o.holdout}")
     if data.val is not None:
         rest, held = data.train, data.val
-        scoring = held
+        scoring = unseen = held  # unseen: what the correlation study's fine-tunes are scored on
         if o.holdout is not None and o.holdout < len(held):
-            scoring = held.subset(train_val_split(held.labels, o.holdout, seed=cfg.seed)[1])
+            others, part = train_val_split(held.labels, o.holdout, seed=cfg.seed)
+            scoring, unseen = held.subset(part), held.subset(others)
     else:
         n = min(o.holdout or 1000, len(data.train) // 2)
         rest, held = holdout_split(data.train, n, cfg.seed)
-        scoring = held
+        scoring = unseen = held
     dev = resolve_device(cfg.train.device)  # the search runs where training runs
     dense = dense.to(dev)
     fmt = dict(device=dev, channels_last=cfg.train.channels_last)
@@ -120,7 +123,7 @@ def run_eagleeye(
         def brief(c: dict[str, Any]) -> float:
             rc = short.model_copy(update={"name": f"{cfg.name}/correlate/cand_{c['index']}"})
             s = finetune_pruned(rc, prune_model(dense, c["ratios"], o.importance, o.round_to),
-                                rc.run_dir, train_data=rest, evals={"val": held},
+                                rc.run_dir, train_data=rest, evals={"val": unseen},
                                 info=data.info)
             return float(s["final"]["val_acc"])
 
