@@ -508,3 +508,26 @@ def test_run_eagleeye_scores_on_a_stratified_part_of_the_validation_split(tmp_pa
     assert settings["holdout"]["images"] == 30  # 30 of the 60 validation images
     with pytest.raises(UserError, match="holdout"):
         run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(holdout=0, finetune=False))
+
+
+def test_run_eagleeye_baselines_in_a_separate_call(tmp_path):
+    """--no-winner trains chosen baselines alone; a later full call reuses them."""
+    cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
+                               train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
+    dense = create_model("resnet20")
+    save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
+                     "model": dense.state_dict(), "classes": [f"class{k}" for k in range(10)]},
+                    tmp_path / "dense.pt")
+    kw = dict(candidates=2, abn_batches=1, holdout=64)
+    with pytest.raises(UserError, match="unknown EagleEye baseline"):
+        run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(baselines=("l2",), **kw))
+    only = run_eagleeye(cfg, tmp_path / "dense.pt",
+                        EagleEyeOptions(baselines=("uniform",), winner=False, **kw))
+    assert set(only["baselines"]) == {"uniform"} and "structured" not in only
+    assert not (cfg.run_dir / "summary.json").exists()  # the winner was not trained
+    uniform_ckpt = cfg.run_dir / "baseline_uniform" / "last.pt"
+    stamp = uniform_ckpt.stat().st_mtime_ns
+    full = run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(baselines=("uniform",), **kw))
+    assert full["baselines"] == only["baselines"] and full["structured"]["strategy"] == "eagleeye"
+    assert uniform_ckpt.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert json.loads((cfg.run_dir / "summary.json").read_text())["baselines"] == full["baselines"]

@@ -151,13 +151,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if not 0 < args.flops < 1:
         raise UserError(f"--flops must be a fraction in (0, 1), got {args.flops}")
     cfg = load_config(resolve_recipe(args.config), args.overrides)
+    names = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    baselines = () if args.no_baselines or names == ["none"] else tuple(names)
     opts = EagleEyeOptions(flops=args.flops, candidates=args.candidates, r_min=args.r_min,
                            r_max=args.r_max, tolerance=args.tolerance,
                            abn_batches=args.abn_batches, holdout=args.holdout,
                            importance=args.importance,
-                           round_to=args.round_to, baselines=not args.no_baselines,
-                           finetune=not args.no_finetune, correlate=args.correlate)
+                           round_to=args.round_to, baselines=baselines,
+                           finetune=not args.no_finetune, winner=not args.no_winner,
+                           correlate=args.correlate)
     s = run_eagleeye(cfg, args.checkpoint, opts)
+    if "structured" not in s and s.get("baselines"):  # --no-winner
+        print("EagleEye baselines: " + ", ".join(
+            f"{k} top-1 {100 * v['final']['test_acc']:.2f}%" for k, v in s["baselines"].items())
+            + f"; run dir {cfg.run_dir}")
+        return 0
     if "structured" not in s:  # --no-finetune: the search (and correlation study) only
         corr = s.get("correlation")
         print(f"EagleEye search: {s['candidates']} candidates, best adaptive-BN score "
@@ -280,8 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--round-to", type=int, help="keep channel counts multiples of N")
     ee.add_argument("--correlate", type=int, default=0, metavar="K",
                     help="fine-tune K candidates briefly and correlate scores with accuracy")
-    ee.add_argument("--no-baselines", action="store_true")
-    ee.add_argument("--no-finetune", action="store_true")
+    ee.add_argument("--baselines", default="uniform,random",
+                    help="baselines fine-tuned like the winner: uniform (L1 at the same MACs), "
+                         "random (best vanilla-scored strategy, no adaptive BN), or none")
+    ee.add_argument("--no-baselines", action="store_true", help="same as --baselines none")
+    ee.add_argument("--no-winner", action="store_true",
+                    help="fine-tune only the baselines (run them in a second process)")
+    ee.add_argument("--no-finetune", action="store_true", help="search (and --correlate) only")
     ee.add_argument("overrides", nargs="*", metavar="key=value")
     ee.set_defaults(fn=_cmd_prune)
 

@@ -55,8 +55,11 @@ class EagleEyeOptions:
     holdout: int | None = None
     importance: str = "l1"
     round_to: int | None = None
-    baselines: bool = True  # also fine-tune uniform L1 and random-without-ABN strategies
+    # baselines fine-tuned like the winner: "uniform" (uniform L1 at the same MACs) and
+    # "random" (the best random strategy by vanilla score, no adaptive BN)
+    baselines: tuple[str, ...] = ("uniform", "random")
     finetune: bool = True
+    winner: bool = True  # False: fine-tune only the baselines (e.g. in a second process)
     correlate: int = 0  # K candidates briefly fine-tuned for the correlation study
     correlate_epochs: int = 1
 
@@ -80,6 +83,9 @@ def run_eagleeye(
     from sparsetrain.train.run import load_data
 
     o = opts or EagleEyeOptions()
+    unknown = sorted(set(o.baselines) - {"uniform", "random"})
+    if unknown:
+        raise UserError(f"unknown EagleEye baseline(s) {unknown}; choose from uniform, random")
     dense, ckpt = _dense_model(checkpoint)
     if cfg.model.name != getattr(dense, "arch_name", None):
         raise UserError(f"the recipe's model {cfg.model.name!r} is not the checkpoint's "
@@ -145,21 +151,27 @@ def run_eagleeye(
                                info=data.info, extra_summary={"structured": structured,
                                                               "search": info})
 
-    b = res.best
-    summary = tune(b["ratios"], None, {"strategy": "eagleeye", "candidate": b["index"],
-                                       "abn_score": b["abn_score"],
-                                       "vanilla_score": b["vanilla_score"]})
+    summary = None
+    if o.winner:
+        b = res.best
+        summary = tune(b["ratios"], None, {"strategy": "eagleeye", "candidate": b["index"],
+                                           "abn_score": b["abn_score"],
+                                           "vanilla_score": b["vanilla_score"]})
     baselines = {}
-    if o.baselines:
+    if "uniform" in o.baselines:
         groups = prunable_groups(dense)
         uni = uniform_strategy(MacsModel.build(dense, groups, o.round_to), o.flops)
         baselines["uniform"] = tune(uni, "baseline_uniform", {"strategy": "uniform_l1"})
+    if "random" in o.baselines:
         bv = res.best_vanilla
         baselines["random_no_abn"] = tune(bv["ratios"], "baseline_random", {
             "strategy": "random_vanilla", "candidate": bv["index"],
             "vanilla_score": bv["vanilla_score"]})
-    summary["baselines"] = {k: {"final": v["final"], "structured": v["structured"]}
-                            for k, v in baselines.items()}
+    brief = {k: {"final": v["final"], "structured": v["structured"]} for k, v in baselines.items()}
+    if summary is None:  # baselines only (e.g. trained in another process than the winner)
+        return {**info, "baselines": brief}
+    summary["baselines"] = brief
+    summary["search"] = info  # this call's view (with the correlation study if it ran)
     from sparsetrain.checkpoint import write_json
 
     write_json(summary, run_dir / "summary.json")
