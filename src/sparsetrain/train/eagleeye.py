@@ -167,10 +167,11 @@ def run_eagleeye(
         baselines["random_no_abn"] = tune(bv["ratios"], "baseline_random", {
             "strategy": "random_vanilla", "candidate": bv["index"],
             "vanilla_score": bv["vanilla_score"]})
-    brief = {k: {"final": v["final"], "structured": v["structured"]} for k, v in baselines.items()}
+    outcome = {k: {"final": v["final"], "structured": v["structured"]}
+               for k, v in baselines.items()}
     if summary is None:  # baselines only (e.g. trained in another process than the winner)
-        return {**info, "baselines": brief}
-    summary["baselines"] = brief
+        return {**info, "baselines": outcome}
+    summary["baselines"] = outcome
     summary["search"] = info  # this call's view (with the correlation study if it ran)
     from sparsetrain.checkpoint import write_json
 
