@@ -21,7 +21,6 @@ from typing import Any
 from torch import nn
 
 from sparsetrain.config import RunConfig
-from sparsetrain.data import train_val_split
 from sparsetrain.errors import UserError
 from sparsetrain.precision import resolve_device, resolve_precision
 from sparsetrain.structured.correlate import correlation_study
@@ -103,8 +102,7 @@ def run_eagleeye(
         rest, held = data.train, data.val
         scoring = unseen = held  # unseen: what the correlation study's fine-tunes are scored on
         if o.holdout is not None and o.holdout < len(held):
-            others, part = train_val_split(held.labels, o.holdout, seed=cfg.seed)
-            scoring, unseen = held.subset(part), held.subset(others)
+            unseen, scoring = holdout_split(held, o.holdout, cfg.seed)
     else:
         n = min(o.holdout or 1000, len(data.train) // 2)
         rest, held = holdout_split(data.train, n, cfg.seed)
