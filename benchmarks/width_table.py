@@ -3,12 +3,14 @@
     python benchmarks/width_table.py benchmarks/results/width_cpu_resnet20.csv \\
         --png benchmarks/results/width_cpu_resnet20.png
 
-Rows of the CSVs (written by ``benchmarks/sweep.py``) are paired by (epochs, seed, width): the
-dense row and the sparse row of the same training budget give one line of the table with the
-gap to dense. Width comes from the model name (``resnet20`` = x1, ``resnet20_w4`` = x4). The
-random-pruning paper's finding to check: the gap to dense shrinks as width grows. Prints a
-markdown table per seed and one of the means over seeds (appended to BENCHMARKS.md unless
-``--no-append``); ``--png`` draws accuracy and gap against width, one line per training budget
+Rows of the CSVs (written by ``benchmarks/sweep.py``) are paired by (epochs, seed, width): each
+sparse row and the dense row of the same training budget give one line of the table with the
+gap to dense (several sparse rows, e.g. the static sweep's budgets, share one dense row and stay
+separate lines, labelled by budget or score and density; ``--sparse erk`` keeps only some).
+Width comes from the model name (``resnet20`` = x1, ``resnet20_w4`` = x4). The random-pruning
+paper's finding to check: the gap to dense shrinks as width grows. Prints a markdown table per
+seed and one of the means over seeds (appended to BENCHMARKS.md unless ``--no-append``);
+``--png`` draws accuracy and gap against width, one line per training budget and sparse kind
 (the seed mean, with each seed's value as a dot).
 """
 
@@ -29,21 +31,36 @@ def width(model: str) -> int:
     return int(m.group(1)) if m else 1
 
 
+def _label(r: dict) -> str:
+    """What a sparse row is: its budget (random masks) or score, and its density."""
+    name = r.get("budget") or r.get("score") or r["method"]
+    if r.get("score") not in ("", None, "random"):
+        name = r["score"] if name in ("global", "layerwise") else f"{name}/{r['score']}"
+    return f"{name} {float(r['density']):.3f}"
+
+
 def pairs(rows: list[dict]) -> list[dict]:
-    """One entry per (epochs, seed, width) that has both a dense and a sparse row."""
-    groups: dict[tuple, dict] = {}
+    """One entry per sparse row whose (epochs, seed, width) also has a dense row.
+
+    Several sparse rows may share one dense baseline (e.g. the static sweep's nine budgets and
+    scores at x1); each becomes its own entry, labelled by what it is, never merged.
+    """
+    dense: dict[tuple, dict] = {}
+    sparse: dict[tuple, dict] = {}
     for r in rows:
         key = (int(r["epochs"]), int(r["seed"]), width(r["model"]))
-        kind = "dense" if r["method"] == "dense" else "sparse"
-        groups.setdefault(key, {})[kind] = r
+        if r["method"] == "dense":
+            dense[key] = r
+        else:
+            sparse[(*key, _label(r))] = r
     out = []
-    for (epochs, seed, w), g in sorted(groups.items()):
-        if "dense" not in g or "sparse" not in g:
+    for (epochs, seed, w, label), s in sorted(sparse.items()):
+        d = dense.get((epochs, seed, w))
+        if d is None:
             continue
-        d, s = g["dense"], g["sparse"]
         out.append({"epochs": epochs, "seed": seed, "width": w, "dense": float(d["test_acc"]),
                     "sparse": float(s["test_acc"]), "density": float(s["density"]),
-                    "label": s["budget"] or s["method"],
+                    "label": label.rsplit(" ", 1)[0], "series": label,
                     "params_dense": d.get("params_nonzero") or "",
                     "params_sparse": s.get("params_nonzero") or ""})
     return out
@@ -63,14 +80,14 @@ def table(entries: list[dict]) -> str:
 
 
 def summary(entries: list[dict]) -> list[dict]:
-    """Means over seeds per (epochs, width): dense, sparse, gap, and the gap's min..max."""
+    """Means over seeds per (epochs, sparse series, width): dense, sparse, gap, its min..max."""
     groups: dict[tuple, list[dict]] = {}
     for e in entries:
-        groups.setdefault((e["epochs"], e["width"]), []).append(e)
+        groups.setdefault((e["epochs"], e["series"], e["width"]), []).append(e)
     out = []
-    for (epochs, w), es in sorted(groups.items()):
+    for (epochs, series, w), es in sorted(groups.items()):
         gaps = [e["sparse"] - e["dense"] for e in es]
-        out.append({"epochs": epochs, "width": w, "n": len(es),
+        out.append({"epochs": epochs, "series": series, "width": w, "n": len(es),
                     "dense": sum(e["dense"] for e in es) / len(es),
                     "sparse": sum(e["sparse"] for e in es) / len(es),
                     "gap": sum(gaps) / len(gaps), "gap_min": min(gaps), "gap_max": max(gaps)})
@@ -78,13 +95,14 @@ def summary(entries: list[dict]) -> list[dict]:
 
 
 def summary_table(means: list[dict]) -> str:
-    lines = ["| epochs | width | seeds | mean dense top-1 | mean sparse top-1 | mean gap "
+    lines = ["| epochs | sparse | width | seeds | mean dense top-1 | mean sparse top-1 | mean gap "
              "| gap range |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for m in means:
         spread = (f"{100 * m['gap_min']:+.2f} .. {100 * m['gap_max']:+.2f}" if m["n"] > 1
                   else "—")
-        lines.append(f"| {m['epochs']} | x{m['width']} | {m['n']} | {100 * m['dense']:.2f}% "
+        lines.append(f"| {m['epochs']} | {m['series']} | x{m['width']} | {m['n']} "
+                     f"| {100 * m['dense']:.2f}% "
                      f"| {100 * m['sparse']:.2f}% | {100 * m['gap']:+.2f} | {spread} |")
     return "\n".join(lines)
 
@@ -99,17 +117,22 @@ def plot_png(entries: list[dict]) -> bytes:
     FigureCanvasAgg(fig)
     acc_ax, gap_ax = fig.subplots(1, 2)
     means = summary(entries)
-    for i, epochs in enumerate(sorted({m["epochs"] for m in means})):
-        ms = [m for m in means if m["epochs"] == epochs]
-        es = [e for e in entries if e["epochs"] == epochs]
+    dense_drawn: set[int] = set()
+    for i, (epochs, series) in enumerate(sorted({(m["epochs"], m["series"]) for m in means})):
+        ms = [m for m in means if (m["epochs"], m["series"]) == (epochs, series)]
+        es = [e for e in entries if (e["epochs"], e["series"]) == (epochs, series)]
         ws = [m["width"] for m in ms]
         colour = f"C{i}"
         seeds = max(m["n"] for m in ms)
         label = f"{epochs} epochs" + (f", mean of {seeds} seeds" if seeds > 1 else "")
-        acc_ax.plot(ws, [100 * m["dense"] for m in ms], "o-", color=colour, label=f"dense, {label}")
+        if epochs not in dense_drawn:  # one dense line per training budget
+            dense_drawn.add(epochs)
+            acc_ax.plot(ws, [100 * m["dense"] for m in ms], "o-", color=colour,
+                        label=f"dense, {label}")
         acc_ax.plot(ws, [100 * m["sparse"] for m in ms], "s--", color=colour,
-                    label=f"sparse, {label}")
-        gap_ax.plot(ws, [100 * m["gap"] for m in ms], "o-", color=colour, label=label)
+                    label=f"{series}, {label}")
+        gap_ax.plot(ws, [100 * m["gap"] for m in ms], "o-", color=colour,
+                    label=f"{series}, {label}")
         if seeds > 1:  # every seed's own value, so the spread is visible
             acc_ax.scatter([e["width"] for e in es], [100 * e["dense"] for e in es], s=8,
                            color=colour, alpha=0.5)
@@ -136,6 +159,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("csvs", nargs="+")
     p.add_argument("--png", help="write the accuracy and gap against width here")
+    p.add_argument("--sparse", metavar="NAMES",
+                   help="comma-separated sparse rows to keep, by budget or score (e.g. erk); "
+                        "default: all")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
     rows = []
@@ -145,6 +171,13 @@ def main() -> None:
         with open(path, newline="") as f:
             rows += list(csv.DictReader(f))
     entries = pairs(rows)
+    if args.sparse:
+        keep = {n.strip() for n in args.sparse.split(",") if n.strip()}
+        known = {e["label"] for e in entries}
+        if unknown := sorted(keep - known):
+            p.error(f"--sparse {', '.join(unknown)}: not among the paired sparse rows "
+                    f"({', '.join(sorted(known)) or 'none'})")
+        entries = [e for e in entries if e["label"] in keep]
     if not entries:
         p.error("no (epochs, seed, width) has both a dense and a sparse row in "
                 + ", ".join(args.csvs))
