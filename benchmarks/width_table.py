@@ -1,6 +1,7 @@
 """Width study table and plot: dense vs sparse ResNet-20 at widths x1, x2, x4 (sweep CSVs).
 
-    python benchmarks/width_table.py benchmarks/results/width_cpu_resnet20.csv \\
+    python benchmarks/width_table.py benchmarks/results/static_cpu_resnet20.csv \\
+        benchmarks/results/width_cpu_resnet20_e5_*.csv --sparse erk \\
         --png benchmarks/results/width_cpu_resnet20.png
 
 Rows of the CSVs (written by ``benchmarks/sweep.py``) are paired by (epochs, seed, width): each
