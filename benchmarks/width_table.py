@@ -126,10 +126,11 @@ def plot_png(entries: list[dict]) -> bytes:
         colour = f"C{i}"
         seeds = max(m["n"] for m in ms)
         label = f"{epochs} epochs" + (f", mean of {seeds} seeds" if seeds > 1 else "")
-        if epochs not in dense_drawn:  # one dense line per training budget
+        if epochs not in dense_drawn:  # one dense line per training budget, at every width
             dense_drawn.add(epochs)
-            acc_ax.plot(ws, [100 * m["dense"] for m in ms], "o-", color=colour,
-                        label=f"dense, {label}")
+            dense = {m["width"]: m["dense"] for m in means if m["epochs"] == epochs}
+            acc_ax.plot(sorted(dense), [100 * dense[w] for w in sorted(dense)], "o-",
+                        color=colour, label=f"dense, {label}")
         acc_ax.plot(ws, [100 * m["sparse"] for m in ms], "s--", color=colour,
                     label=f"{series}, {label}")
         gap_ax.plot(ws, [100 * m["gap"] for m in ms], "o-", color=colour,
