@@ -33,11 +33,11 @@ def width(model: str) -> int:
 
 
 def _label(r: dict) -> str:
-    """What a sparse row is: its budget (random masks) or score, and its density."""
-    name = r.get("budget") or r.get("score") or r["method"]
+    """What a sparse row is: its budget (random masks), its score (global top-k) or both."""
+    name = r.get("budget") or r["method"]
     if r.get("score") not in ("", None, "random"):
-        name = r["score"] if name in ("global", "layerwise") else f"{name}/{r['score']}"
-    return f"{name} {float(r['density']):.3f}"
+        name = r["score"] if name == "global" else f"{name}/{r['score']}"
+    return name
 
 
 def pairs(rows: list[dict]) -> list[dict]:
@@ -53,15 +53,15 @@ def pairs(rows: list[dict]) -> list[dict]:
         if r["method"] == "dense":
             dense[key] = r
         else:
-            sparse[(*key, _label(r))] = r
+            sparse[(*key, f"{_label(r)} {float(r['density']):.3f}")] = r
     out = []
-    for (epochs, seed, w, label), s in sorted(sparse.items()):
+    for (epochs, seed, w, series), s in sorted(sparse.items()):
         d = dense.get((epochs, seed, w))
         if d is None:
             continue
         out.append({"epochs": epochs, "seed": seed, "width": w, "dense": float(d["test_acc"]),
                     "sparse": float(s["test_acc"]), "density": float(s["density"]),
-                    "label": label.rsplit(" ", 1)[0], "series": label,
+                    "label": _label(s), "series": series,
                     "params_dense": d.get("params_nonzero") or "",
                     "params_sparse": s.get("params_nonzero") or ""})
     return out
