@@ -42,7 +42,7 @@ def test_lottery_rounds_prune_20_percent_and_rewind(tmp_path: Path) -> None:
     assert summaries[1]["steps"] == summaries[2]["steps"] == 8
     # finished rounds are reused, not retrained
     before = (run / "round_2" / "summary.json").stat().st_mtime_ns
-    again = run_lottery(cfg, rounds=2, rewind=3)
+    again = run_lottery(cfg, rounds=2, rewind=3, resume=True)
     assert again[2]["final"] == summaries[2]["final"]
     assert (run / "round_2" / "summary.json").stat().st_mtime_ns == before
 
@@ -72,7 +72,7 @@ def test_oneshot_prunes_by_magnitude_and_fine_tunes(tmp_path: Path, capsys) -> N
     expected = global_masks({n: src[n].abs() for n in names}, 0.3)
     assert all(torch.equal(expected[n], ft[n + "_mask"]) for n in names)
     assert sum(int(ft[n + "_mask"].sum()) for n in names) == round(0.3 * MASKED)
-    s = run_oneshot(load_config(recipe), dense.run_dir / "last.pt")  # finished: reused
+    s = run_oneshot(load_config(recipe), dense.run_dir / "last.pt", resume=True)  # reused
     assert s["steps"] == 8
 
 
@@ -81,7 +81,9 @@ def test_lottery_cli_and_bad_input(tmp_path: Path, capsys) -> None:
     assert main(["lottery", "--config", str(recipe), "--rounds", "1", "--rewind", "2"]) == 0
     out = capsys.readouterr().out
     assert "round 0: density 1.0000" in out and "round 1: density 0.8000" in out
-    assert main(["lottery", "--config", str(recipe), "--rounds", "1", "--rewind", "99ep"]) == 2
+    assert main(["lottery", "--config", str(recipe), "--rounds", "1", "--rewind", "99ep",
+                 "name=other"]) == 2
     assert "rewind step" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "other").exists()  # the failed start left nothing
     with pytest.raises(SystemExit):
         main(["lottery", "--config", str(recipe)])

@@ -17,6 +17,7 @@ from sparsetrain.data import make_synthetic
 from sparsetrain.errors import UserError
 from sparsetrain.models import create_model
 from sparsetrain.models.flops import layer_flops
+from sparsetrain.rundir import RunDir
 from sparsetrain.structured import (
     MacsModel,
     StrategySampler,
@@ -491,7 +492,10 @@ def test_run_eagleeye_end_to_end(tmp_path):
     model = model_from_structure(ckpt)
     assert macs_params(model) == (st["macs"], st["params"])
     assert ckpt["trainer"]["step"] == 2
-    assert run_eagleeye(cfg, tmp_path / "dense.pt", opts)["structured"] == st  # finished: reused
+    with pytest.raises(UserError, match="already exists"):  # a second start without --resume
+        run_eagleeye(cfg, tmp_path / "dense.pt", opts)
+    again = run_eagleeye(cfg, tmp_path / "dense.pt", opts, resume=True)
+    assert again["structured"] == st  # finished: reused
 
 
 def test_run_eagleeye_scores_on_a_stratified_part_of_the_validation_split(tmp_path):
@@ -507,7 +511,8 @@ def test_run_eagleeye_scores_on_a_stratified_part_of_the_validation_split(tmp_pa
     settings = json.loads((cfg.run_dir / "search.json").read_text())["settings"]
     assert settings["holdout"]["images"] == 30  # 30 of the 60 validation images
     with pytest.raises(UserError, match="holdout"):
-        run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(holdout=0, finetune=False))
+        run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(holdout=0, finetune=False),
+                     resume=True)
 
 
 def test_run_eagleeye_baselines_in_a_separate_call(tmp_path):
@@ -521,13 +526,26 @@ def test_run_eagleeye_baselines_in_a_separate_call(tmp_path):
     kw = dict(candidates=2, abn_batches=1, holdout=64)
     with pytest.raises(UserError, match="unknown EagleEye baseline"):
         run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(baselines=("l2",), **kw))
-    only = run_eagleeye(cfg, tmp_path / "dense.pt",
-                        EagleEyeOptions(baselines=("uniform",), winner=False, **kw))
+    run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(finetune=False, **kw))
+    search = {p.name: p.read_bytes() for p in cfg.run_dir.iterdir() if p.is_file()}
+    # the baselines train while another process holds the run (its winner's fine-tune): a
+    # finished search is only read, each baseline locks its own folder
+    with RunDir.claim(cfg.out_dir, cfg.name, command="prune eagleeye", resume=True):
+        only = run_eagleeye(cfg, tmp_path / "dense.pt",
+                            EagleEyeOptions(baselines=("uniform",), winner=False, **kw),
+                            resume=True)
+        with pytest.raises(UserError, match="in use by process"):
+            run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(baselines=(), **kw),
+                         resume=True)
+    assert {p.name: p.read_bytes() for p in cfg.run_dir.iterdir()
+            if p.is_file() and p.name != ".lock"} == {k: v for k, v in search.items()
+                                                     if k != ".lock"}
     assert set(only["baselines"]) == {"uniform"} and "structured" not in only
     assert not (cfg.run_dir / "summary.json").exists()  # the winner was not trained
     uniform_ckpt = cfg.run_dir / "baseline_uniform" / "last.pt"
     stamp = uniform_ckpt.stat().st_mtime_ns
-    full = run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(baselines=("uniform",), **kw))
+    full = run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(baselines=("uniform",), **kw),
+                        resume=True)
     assert full["baselines"] == only["baselines"] and full["structured"]["strategy"] == "eagleeye"
     assert uniform_ckpt.stat().st_mtime_ns == stamp  # reused, not retrained
     assert json.loads((cfg.run_dir / "summary.json").read_text())["baselines"] == full["baselines"]

@@ -27,14 +27,21 @@ CHECKPOINT_FORMAT = 1  # layout version of the dicts in last.pt / best.pt
 def atomic_write_bytes(path: str | Path, write) -> None:
     """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, then rename onto it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, quota, I/O error: the previous file is untouched
+        _unlink_quiet(tmp)
+        raise UserError(f"cannot write {path}: {e.strerror or e} (the previous "
+                        f"{path.name}, if any, is unchanged)") from None
     except BaseException:
         _unlink_quiet(tmp)
         raise
@@ -90,25 +97,62 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(s, i)
 
 
+def load_state(model: nn.Module, state: Any, path: str | Path = "checkpoint") -> None:
+    """``model.load_state_dict(state)``; a mismatch is one line naming the first differing
+    keys (missing, unexpected, of another shape) instead of PyTorch's many-line dump."""
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{path}: its 'model' entry is not a state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        own = model.state_dict()
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        parts = [f"{what} {', '.join(ks[:3])}" + (" ..." if len(ks) > 3 else "")
+                 for what, ks in (("missing", missing), ("unexpected", extra),
+                                  ("other shape:", shape)) if ks]
+        raise UserError(f"{path} does not fit the model ({'; '.join(parts) or 'mismatch'})")\
+            from None
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Any:
+    """The validated run config a model checkpoint was trained with; a dict that only looks
+    like a checkpoint (no config, no class list, a config of an unknown model) is a
+    :class:`UserError` naming what is wrong."""
+    from sparsetrain.config import upgrade, validate
+
+    config, classes = ckpt.get("config"), ckpt.get("classes")
+    if not isinstance(config, dict) or not isinstance(classes, list) or not classes:
+        what = "config" if not isinstance(config, dict) else "classes"
+        raise UserError(f"checkpoint {path} is not a sparsetrain model checkpoint (no valid "
+                        f"'{what}' entry)")
+    try:
+        return validate(upgrade(config))
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: {e}") from None
+
+
 def load_model(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the registered architecture a checkpoint was trained with (mask buffers
-    included) and load its weights; a mismatch is a :class:`UserError`."""
-    from sparsetrain.config import upgrade, validate
+    included) and load its weights; a mismatch or a malformed entry is a :class:`UserError`."""
     from sparsetrain.models import create_model
     from sparsetrain.sparsity.masks import add_mask_buffers
 
     if "structure" in ckpt:  # a channel-pruned model: rebuilt from its saved structure
         from sparsetrain.structured.io import model_from_structure
 
-        return model_from_structure(ckpt, path)
-    cfg = validate(upgrade(ckpt["config"]))
+        try:
+            return model_from_structure(ckpt, path)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"checkpoint {path} has a malformed 'structure' entry ({e!r})")\
+                from None
+    cfg = checkpoint_config(ckpt, path)
     model = create_model(cfg.model.name, num_classes=len(ckpt["classes"]), **cfg.model.kwargs)
-    add_mask_buffers(model, ckpt["model"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(
-            f"checkpoint {path} does not match model {cfg.model.name}: {first}"
-        ) from None
+    if isinstance(ckpt["model"], dict):
+        add_mask_buffers(model, ckpt["model"])
+    load_state(model, ckpt["model"], path)
     return model

@@ -8,10 +8,14 @@ Bad input (unknown names, out-of-range values, missing or corrupt files) prints 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 from sparsetrain.errors import UserError
 
@@ -46,8 +50,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from sparsetrain.train.run import train
 
     overrides = list(args.overrides)
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        overrides.insert(0, args.resume)  # `--resume key=value`: an override, not a RUN_DIR
+        args.resume = True
     if args.resume not in (None, True):  # --resume RUN_DIR: the saved config + overrides
         run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"cannot resume {run_dir}: no config.yaml there (not a run folder)")
         if args.config is None:
             args.config = str(run_dir / "config.yaml")
         overrides = [f"out_dir={run_dir.parent}", f"name={run_dir.name}", *overrides]
@@ -73,9 +82,12 @@ def _eps(text: str | None) -> list[float] | None:
     if not text:
         return None
     try:
-        return [float(t) / 255 for t in _names(text)]
+        values = [float(t) for t in _names(text)]
     except ValueError:
         raise UserError(f"--eps takes numbers in units of 1/255, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or not 0 < v <= 255 for v in values):
+        raise UserError(f"--eps takes numbers in (0, 255] (units of 1/255), got {text!r}")
+    return [v / 255 for v in values]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -86,6 +98,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         precision=args.precision, batch_size=args.batch_size, ood=_names(args.ood),
         attacks=_names(args.attack), eps=_eps(args.eps), attack_images=args.attack_images,
         latency=args.latency, record=not args.no_record)
+    if res.get("note"):
+        print(f"warning: {res['note']}", file=sys.stderr)
     print(json.dumps(res, indent=2) if args.json else format_result(res))
     return 0
 
@@ -116,7 +130,7 @@ def _cmd_lottery(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_recipe(args.config), args.overrides)
     rewind = int(args.rewind) if args.rewind.isdigit() else args.rewind
     for r, s in enumerate(run_lottery(cfg, rounds=args.rounds, prune_fraction=args.prune_fraction,
-                                      rewind=rewind)):
+                                      rewind=rewind, resume=args.resume)):
         print(f"round {r}: density {s['density']['global']:.4f}, "
               f"test top-1 {100 * s['final']['test_acc']:.2f}%")
     return 0
@@ -127,7 +141,7 @@ def _cmd_oneshot(args: argparse.Namespace) -> int:
     from sparsetrain.train.lottery import run_oneshot
 
     cfg = load_config(resolve_recipe(args.config), args.overrides)
-    s = run_oneshot(cfg, args.checkpoint)
+    s = run_oneshot(cfg, args.checkpoint, resume=args.resume)
     print(f"one-shot at density {s['density']['global']:.4f}: test top-1 "
           f"{100 * s['final']['test_acc']:.2f}%; run dir {cfg.run_dir}")
     return 0
@@ -150,6 +164,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     if not 0 < args.flops < 1:
         raise UserError(f"--flops must be a fraction in (0, 1), got {args.flops}")
+    if not 0 <= args.r_min < args.r_max < 1:
+        raise UserError(f"need 0 <= --r-min < --r-max < 1, got {args.r_min}, {args.r_max}")
+    if not 0 < args.tolerance < 1:
+        raise UserError(f"--tolerance must be a fraction in (0, 1), got {args.tolerance}")
     cfg = load_config(resolve_recipe(args.config), args.overrides)
     names = [b.strip() for b in args.baselines.split(",") if b.strip()]
     baselines = () if args.no_baselines or names == ["none"] else tuple(names)
@@ -160,7 +178,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                            round_to=args.round_to, baselines=baselines,
                            finetune=not args.no_finetune, winner=not args.no_winner,
                            correlate=args.correlate)
-    s = run_eagleeye(cfg, args.checkpoint, opts)
+    s = run_eagleeye(cfg, args.checkpoint, opts, resume=args.resume)
     if "structured" not in s and s.get("baselines"):  # --no-winner
         print("EagleEye baselines: " + ", ".join(
             f"{k} top-1 {100 * v['final']['test_acc']:.2f}%" for k, v in s["baselines"].items())
@@ -190,11 +208,11 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     from sparsetrain.structured.macs import macs_params
 
     dev = resolve_device(args.device)
+    models = [(path, load_model(load_checkpoint(path), path)) for path in args.checkpoints]
     print(f"{'checkpoint':<40} {'MACs':>9} {'params':>10} {'prec':>5} {'batch':>5} "
           f"{'ms':>9} {'img/s':>9}")
-    for path in args.checkpoints:
-        model = load_model(load_checkpoint(path), path).to(dev)
-        model = model.to(memory_format=torch.channels_last)
+    for path, model in models:  # every checkpoint is checked before the first measurement
+        model = model.to(dev).to(memory_format=torch.channels_last)
         macs, _ = macs_params(model)
         params = param_counts(model)["total"]
         res = measure_latency(model, device=dev, batch_sizes=tuple(args.batch_sizes),
@@ -209,34 +227,92 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
 def _cmd_budget(args: argparse.Namespace) -> int:
     from sparsetrain.sparsity.plan import format_plan, plan_budget
 
+    if not 0 < args.density <= 1:
+        raise UserError(f"--density must be in (0, 1], got {args.density}")
     plan = plan_budget(args.model, args.budget, args.density, num_classes=args.num_classes,
                        dense_first=args.dense_first, dense_classifier=args.dense_classifier)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sparsetrain", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+# -- argument types: a bad value is argparse's one-line error, exit code 2 ----------------
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
 
-    t = sub.add_parser("train", help="train from a YAML recipe with key=value overrides")
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+_finite.__name__ = "number"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (``sparsetrain: error: ...``, exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sparsetrain: error: {message} (see `{self.prog} --help`)\n")
+
+
+_FMT = argparse.RawDescriptionHelpFormatter
+
+
+def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          epilog="examples:\n" + examples, formatter_class=_FMT)
+
+
+_RESUME_HELP = "continue the run of the same name (only the command that made it can)"
+_OVERRIDES = "recipe overrides, e.g. train.epochs=30 name=other (YAML values)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sparsetrain", description=__doc__.splitlines()[0],
+                epilog="examples:\n  sparsetrain train --config quickstart\n"
+                       "  sparsetrain list recipes\n  sparsetrain <command> --help",
+                formatter_class=_FMT)
+    p.add_argument("--version", action="version", version=f"sparsetrain {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = _sub(sub, "train", "train from a YAML recipe with key=value overrides",
+             "  sparsetrain train --config quickstart\n"
+             "  sparsetrain train -c cpu/static_erk_resnet20_cifar10 name=erk90\n"
+             "  sparsetrain train --resume runs/erk90 train.epochs=30")
     t.add_argument("--config", "-c", help="recipe file or name (see `sparsetrain list recipes`)")
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="continue from last.pt of the config's run dir (or of RUN_DIR)")
-    t.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. train.epochs=30 data.batch_size=256")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES)
     t.set_defaults(fn=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
-    e.add_argument("checkpoint")
+    e = _sub(sub, "eval", "evaluate a checkpoint on its test set",
+             "  sparsetrain eval runs/quickstart/last.pt\n"
+             "  sparsetrain eval runs/x/best.pt --ood gaussian,blur --attack fgsm --eps 2,8")
+    e.add_argument("checkpoint", help="a last.pt / best.pt of a run (or a pruned checkpoint)")
     e.add_argument("--data-path", help="override the data path stored in the checkpoint")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="evaluation precision (default fp32)")
+    e.add_argument("--batch-size", type=_count(1), default=512, help="evaluation batch size")
     e.add_argument("--ood", help="OOD sets, comma-separated: gaussian,uniform,blur,shuffle")
     e.add_argument("--attack", help="adversarial attacks, comma-separated: fgsm,pgd")
     e.add_argument("--eps", help="attack budgets in 1/255 units, comma-separated (1,2,4,8)")
-    e.add_argument("--attack-images", type=int, default=1000,
+    e.add_argument("--attack-images", type=_count(1), default=1000,
                    help="test images attacked (the first N)")
     e.add_argument("--latency", action="store_true", help="measure batch 1/64 latency")
     e.add_argument("--no-record", action="store_true",
@@ -244,49 +320,67 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(fn=_cmd_eval)
 
-    lt = sub.add_parser("lottery", help="iterative magnitude pruning with rewinding")
-    lt.add_argument("--config", "-c", required=True)
-    lt.add_argument("--rounds", type=int, required=True)
-    lt.add_argument("--prune-fraction", type=float, default=0.2,
+    lt = _sub(sub, "lottery", "iterative magnitude pruning with rewinding (lottery tickets)",
+              "  sparsetrain lottery -c cpu/dense_resnet20_cifar10 --rounds 5 --rewind 1ep "
+              "name=lth\n  sparsetrain lottery -c cpu/dense_resnet20_cifar10 --rounds 5 "
+              "--rewind 1ep name=lth --resume")
+    lt.add_argument("--config", "-c", required=True, help="recipe of the dense training")
+    lt.add_argument("--rounds", type=_count(1), required=True,
+                    help="pruning rounds after the dense round 0")
+    lt.add_argument("--prune-fraction", type=_finite, default=0.2,
                     help="fraction of the remaining weights pruned per round")
     lt.add_argument("--rewind", default="0",
                     help="rewind point: steps (500), epochs ('1ep') or a fraction ('1%%')")
-    lt.add_argument("overrides", nargs="*", metavar="key=value")
+    lt.add_argument("--resume", action="store_true", help=_RESUME_HELP)
+    lt.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES)
     lt.set_defaults(fn=_cmd_lottery)
 
-    os_ = sub.add_parser("oneshot", help="prune a trained checkpoint once, then fine-tune")
+    os_ = _sub(sub, "oneshot", "prune a trained checkpoint once, then fine-tune",
+               "  sparsetrain oneshot -c cpu/dense_resnet20_cifar10 --checkpoint "
+               "runs/dense/last.pt sparsity.density=0.1 name=oneshot90")
     os_.add_argument("--config", "-c", required=True, help="fine-tuning recipe "
                      "(sparsity.density = the target)")
-    os_.add_argument("--checkpoint", required=True)
-    os_.add_argument("overrides", nargs="*", metavar="key=value")
+    os_.add_argument("--checkpoint", required=True, help="the trained model to prune")
+    os_.add_argument("--resume", action="store_true", help=_RESUME_HELP)
+    os_.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES)
     os_.set_defaults(fn=_cmd_oneshot)
 
-    rp = sub.add_parser("report", help="an HTML + Markdown report of one or many runs")
+    rp = _sub(sub, "report", "an HTML + Markdown report of one or many runs",
+              "  sparsetrain report runs/sweep runs/lth --out report.html")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                     help="run directories, or folders of runs")
-    rp.add_argument("--out", default="report.html")
+    rp.add_argument("--out", default="report.html",
+                    help="HTML file (outside any run folder); the Markdown twin is <out>.md")
     rp.set_defaults(fn=_cmd_report)
 
-    pr = sub.add_parser("prune", help="structured pruning (EagleEye)")
-    prs = pr.add_subparsers(dest="algorithm", required=True)
-    ee = prs.add_parser("eagleeye", help="adaptive-BN candidate search, then fine-tune the best")
+    pr = _sub(sub, "prune", "structured pruning (EagleEye)",
+              "  sparsetrain prune eagleeye --help")
+    prs = pr.add_subparsers(dest="algorithm", required=True, parser_class=_Parser)
+    ee = _sub(prs, "eagleeye", "adaptive-BN candidate search, then fine-tune the best",
+              "  sparsetrain prune eagleeye -c cpu/eagleeye_resnet56_cifar10 --checkpoint "
+              "runs/dense56/last.pt --flops 0.5 --candidates 300 name=ee56\n"
+              "  sparsetrain prune eagleeye ... --no-winner --baselines uniform --resume  "
+              "# baselines in a second process")
     ee.add_argument("--config", "-c", required=True,
                     help="recipe for data and fine-tuning (model.name = the checkpoint's)")
     ee.add_argument("--checkpoint", required=True, help="trained dense model")
-    ee.add_argument("--flops", type=float, default=0.5, help="target MACs fraction")
-    ee.add_argument("--candidates", type=int, default=100)
-    ee.add_argument("--r-min", type=float, default=0.0)
-    ee.add_argument("--r-max", type=float, default=0.7)
-    ee.add_argument("--tolerance", type=float, default=0.005)
-    ee.add_argument("--abn-batches", type=int, default=50,
+    ee.add_argument("--flops", type=_finite, default=0.5, help="target MACs fraction")
+    ee.add_argument("--candidates", type=_count(1), default=100,
+                    help="candidates searched (default 100)")
+    ee.add_argument("--r-min", type=_finite, default=0.0, help="smallest per-group ratio")
+    ee.add_argument("--r-max", type=_finite, default=0.7, help="largest per-group ratio")
+    ee.add_argument("--tolerance", type=_finite, default=0.005,
+                    help="accepted MACs band around the target (fraction)")
+    ee.add_argument("--abn-batches", type=_count(1), default=50,
                     help="training batches that re-estimate BN statistics per candidate")
     ee.add_argument("--holdout", type=int, metavar="N",
                     help="score candidates on N images: a stratified subset of the validation "
                          "split (default: all of it; without data.val_size, 1000 training "
                          "images held out)")
-    ee.add_argument("--importance", default="l1", choices=["l1", "l2", "random"])
-    ee.add_argument("--round-to", type=int, help="keep channel counts multiples of N")
-    ee.add_argument("--correlate", type=int, default=0, metavar="K",
+    ee.add_argument("--importance", default="l1", choices=["l1", "l2", "random"],
+                    help="filter importance within a group (default l1)")
+    ee.add_argument("--round-to", type=_count(1), help="keep channel counts multiples of N")
+    ee.add_argument("--correlate", type=_count(0), default=0, metavar="K",
                     help="fine-tune K candidates briefly and correlate scores with accuracy")
     ee.add_argument("--baselines", default="uniform,random",
                     help="baselines fine-tuned like the winner: uniform (L1 at the same MACs), "
@@ -295,33 +389,56 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--no-winner", action="store_true",
                     help="fine-tune only the baselines (run them in a second process)")
     ee.add_argument("--no-finetune", action="store_true", help="search (and --correlate) only")
-    ee.add_argument("overrides", nargs="*", metavar="key=value")
+    ee.add_argument("--resume", action="store_true", help=_RESUME_HELP)
+    ee.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES)
     ee.set_defaults(fn=_cmd_prune)
 
-    bench = sub.add_parser("bench", help="measurements")
-    bs = bench.add_subparsers(dest="what", required=True)
-    lat = bs.add_parser("latency", help="batch-1/64 latency of checkpoints, fp32 and bf16")
-    lat.add_argument("checkpoints", nargs="+")
-    lat.add_argument("--device", default="auto")
-    lat.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    lat.add_argument("--repeats", type=int, default=20)
+    bench = _sub(sub, "bench", "measurements", "  sparsetrain bench latency --help")
+    bs = bench.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    lat = _sub(bs, "latency", "batch-1/64 latency of checkpoints, fp32 and bf16",
+               "  sparsetrain bench latency runs/dense56/last.pt runs/ee56/last.pt")
+    lat.add_argument("checkpoints", nargs="+", help="checkpoints to measure")
+    lat.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    lat.add_argument("--batch-sizes", type=_count(1), nargs="+", default=[1, 64],
+                     help="batch sizes (default 1 64)")
+    lat.add_argument("--repeats", type=_count(1), default=20,
+                     help="timed repeats per setting; the median is reported")
     lat.set_defaults(fn=_cmd_bench_latency)
 
-    b = sub.add_parser("budget", help="per-layer densities, params and FLOPs of a budget")
-    b.add_argument("--model", required=True)
-    b.add_argument("--budget", default="erk")
-    b.add_argument("--density", type=float, required=True)
-    b.add_argument("--num-classes", type=int)
-    b.add_argument("--dense-first", action="store_true")
-    b.add_argument("--dense-classifier", action="store_true")
-    b.add_argument("--json", action="store_true")
+    b = _sub(sub, "budget", "per-layer densities, params and FLOPs of a budget",
+             "  sparsetrain budget --model resnet20 --budget erk --density 0.1")
+    b.add_argument("--model", required=True, help="a registered model (sparsetrain list models)")
+    b.add_argument("--budget", default="erk", help="layer budget (sparsetrain list budgets)")
+    b.add_argument("--density", type=_finite, required=True, help="global density in (0, 1]")
+    b.add_argument("--num-classes", type=_count(1), help="classifier outputs (model default)")
+    b.add_argument("--dense-first", action="store_true", help="keep the first layer dense")
+    b.add_argument("--dense-classifier", action="store_true", help="keep the classifier dense")
+    b.add_argument("--json", action="store_true", help="print the plan as JSON")
     b.set_defaults(fn=_cmd_budget)
 
-    ls = sub.add_parser("list", help="list models, datasets, recipes and sparsity methods")
-    ls.add_argument("what", nargs="?",
+    ls = _sub(sub, "list", "list models, datasets, recipes and sparsity methods",
+              "  sparsetrain list\n  sparsetrain list recipes")
+    ls.add_argument("what", nargs="?", help="only this group",
                     choices=["models", "datasets", "recipes", "methods", "budgets", "scores"])
     ls.set_defaults(fn=_cmd_list)
     return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sparsetrain")
+    except Exception:  # not installed (a source tree on sys.path)
+        from sparsetrain import __version__
+
+        return __version__
+
+
+def _os_error_line(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    reason = e.strerror or str(e) or type(e).__name__
+    return f"cannot read or write{where}: {reason}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,6 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except UserError as e:
         print(f"sparsetrain: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `sparsetrain list | head`: the reader left; leave quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # disk full, permissions, a folder gone: the path and the reason
+        if os.environ.get("SPARSETRAIN_DEBUG"):
+            raise
+        print(f"sparsetrain: error: {_os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sparsetrain: interrupted", file=sys.stderr)

@@ -12,13 +12,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sparsetrain.errors import UserError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are rejected in every numeric field (train.lr=.inf would train a NaN run)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -114,6 +122,14 @@ class SparsityConfig(_Section):
     pruning: Literal["global", "layerwise"] | None = None  # GMP/GraNet threshold (global)
     regrow_after_prune_end: bool | None = None  # GraNet keeps regenerating after t_f (true)
 
+    @model_validator(mode="after")
+    def _density_given(self) -> SparsityConfig:
+        # a sparse method with the default density 1 would train dense under a sparse label
+        if self.method != "dense" and "density" not in self.model_fields_set:
+            raise ValueError(f"method {self.method!r} needs sparsity.density, the fraction of "
+                             "weights kept (e.g. 0.1 for 90% sparsity; 1 keeps all)")
+        return self
+
 
 class DistillConfig(_Section):
     """Knowledge distillation from teacher checkpoints (MEAL V2 style); off without teachers."""
@@ -134,6 +150,16 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        from sparsetrain.rundir import check_run_name
+
+        try:
+            return check_run_name(v, "run name")
+        except UserError as e:
+            raise ValueError(str(e)) from None
 
     @property
     def run_dir(self) -> Path:
@@ -195,12 +221,13 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         got = err.get("input")
-        hide = err["type"] == "extra_forbidden" or isinstance(got, dict)
-        shown = "" if hide else f" (got {got!r})"
+        hide = err["type"] in ("extra_forbidden", "value_error") or isinstance(got, dict)
+        text = repr(got)
+        shown = "" if hide else f" (got {text if len(text) <= 60 else text[:57] + '...'})"
         raise UserError(f"config error at {loc}: {msg}{shown}") from None
 
 
@@ -213,14 +240,20 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     if p.resolve() in _seen:
         raise UserError(f"config {p} includes itself through 'base'")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"config file {p} is not valid YAML: {e}".splitlines()[0]) from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {p}: {e.strerror}") from None
     if not isinstance(raw, dict):
         raise UserError(f"config file {p} must be a YAML mapping of sections")
     base = raw.pop("base", None)
     if base is None:
         return raw
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"config file {p}: 'base' must be one recipe file name, got {base!r}")
     return _merge(read_recipe(p.parent / base, (*_seen, p.resolve())), raw)
 
 

@@ -11,15 +11,20 @@ from typing import Any
 
 import torch
 
-from sparsetrain.checkpoint import load_checkpoint, load_model, write_json
-from sparsetrain.config import upgrade, validate
+from sparsetrain.checkpoint import checkpoint_config, load_checkpoint, load_model, write_json
 from sparsetrain.data import ImageArrays, get_dataset_info
 from sparsetrain.errors import UserError
 from sparsetrain.evaluate.cost import flop_counts, measure_latency, param_counts
 from sparsetrain.evaluate.suite import evaluate_model
 from sparsetrain.precision import resolve_device
 from sparsetrain.train.engine import evaluate
-from sparsetrain.train.run import check_data_path, data_path, load_test_split, make_loader
+from sparsetrain.train.run import (
+    check_data_path,
+    data_path,
+    load_test_split,
+    make_loader,
+    match_classes,
+)
 
 
 def evaluate_checkpoint(
@@ -38,14 +43,17 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Accuracy, NLL, ECE (+ reliability bins), optional OOD / attacks / latency, cost."""
     ckpt = load_checkpoint(path)
-    cfg = validate(upgrade(ckpt["config"]))
+    cfg = checkpoint_config(ckpt, path)
+    model = load_model(ckpt, path)  # a malformed checkpoint stops before the data is read
     dev = resolve_device(device)
     dpath = data_path_override or data_path(cfg)
     check_data_path(dpath)
     test = load_test_split(cfg, dpath)
-    if list(test.classes) != list(ckpt["classes"]):
+    if isinstance(test, ImageArrays):  # relabelled by class name; unknown classes: an error
+        test = match_classes(test, ckpt["classes"], dpath)
+    elif list(test.classes) != list(ckpt["classes"]):
         raise UserError(f"classes of {dpath} do not match the checkpoint's classes")
-    model = load_model(ckpt, path).to(dev)
+    model = model.to(dev)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     info = get_dataset_info(cfg.data.dataset)
@@ -72,19 +80,31 @@ def evaluate_checkpoint(
         res["latency"] = measure_latency(model, device=dev,
                                          channels_last=cfg.train.channels_last)
     if record:
-        _record(Path(path), res)
+        note = _record(Path(path), res)
+        if note:
+            res["note"] = note
     return res
 
 
-def _record(path: Path, res: dict[str, Any]) -> None:
-    summary_path = path.parent / "summary.json"
-    if not summary_path.is_file():
-        return
-    import json
+def _record(path: Path, res: dict[str, Any]) -> str | None:
+    """Add ``res`` to the ``summary.json`` of the run the checkpoint is in, under the run's
+    lock; returns why it was not recorded (no run, run in use, corrupt summary), else None."""
+    from sparsetrain.rundir import read_summary, record_lock
 
-    summary = json.loads(summary_path.read_text())
-    summary.setdefault("eval", {})[path.name] = res
-    write_json(summary, summary_path)
+    run = path.parent
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        return None
+    with record_lock(run) as locked:
+        if not locked:
+            return f"not recorded in {summary_path}: the run is in use or not writable"
+        try:
+            summary = read_summary(summary_path)
+        except UserError as e:
+            return f"not recorded: {e}"
+        summary.setdefault("eval", {})[path.name] = res
+        write_json(summary, summary_path)
+    return None
 
 
 def format_result(res: dict[str, Any]) -> str:

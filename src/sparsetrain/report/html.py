@@ -217,6 +217,36 @@ def _render(runs: Sequence[Run], plots: Sequence, files: Sequence[str],
             f"<body>\n{body}\n</body></html>\n")
 
 
+def _is_report(path: Path) -> bool:
+    """A file this command wrote (HTML page or Markdown twin), by its first bytes."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"# sparsetrain report") or b"<title>sparsetrain report</title>" in head
+
+
+def check_report_out(out: Path) -> None:
+    """A report never lands in a run folder, and replaces only an earlier report: the page,
+    its Markdown twin and its figure folder must be absent or written by this command."""
+    from sparsetrain.rundir import inside_run
+
+    run = inside_run(out.parent) if out.parent.exists() else None
+    if run is not None:
+        raise UserError(f"report: --out {out} is inside the run folder {run}; write the report "
+                        "outside it (e.g. --out report.html)")
+    for path in (out, out.with_suffix(".md")):
+        if path.exists() and (path.is_dir() or not _is_report(path)):
+            raise UserError(f"report: {path} exists and is not a sparsetrain report; choose "
+                            "another --out")
+    figs = out.with_name(f"{out.stem}_files")
+    if figs.exists() and (not figs.is_dir() or any(
+            not (p.is_file() and p.suffix in (".png", ".svg")) for p in figs.iterdir())):
+        raise UserError(f"report: {figs} exists and holds more than report figures; choose "
+                        "another --out")
+
+
 def _write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -238,7 +268,14 @@ def build_report(run_dirs: Sequence[Path], out: Path) -> ReportResult:
         raise UserError("report: give at least one run directory")
     if out.suffix.lower() == ".md" or out.is_dir():
         raise UserError(f"report: --out must be an HTML file path, got {out}")
+    check_report_out(out)
+    absent = [str(p) for p in run_dirs if not Path(p).exists()]
+    if absent:
+        raise UserError(f"report: no such run directory: {', '.join(absent[:3])}")
     runs, problems = find_runs(run_dirs)
+    if not runs:
+        raise UserError(f"report: no runs found in {', '.join(map(str, run_dirs[:3]))} (a run "
+                        "folder holds config.yaml, metrics.jsonl or summary.json)")
     problems += [p for r in runs for p in r.problems]
     plots, errors = make_plots(runs)
     problems += [Problem("(report)", "figure", e) for e in errors]

@@ -148,10 +148,23 @@ def _settings(dense_model: nn.Module, groups: Sequence[ChannelGroup], **kw: Any)
             "groups": {g.name: g.channels for g in groups}, **kw}
 
 
+def search_complete(out: Path, candidates: int) -> bool:
+    """``out/search.json`` records a finished search of exactly ``candidates`` candidates."""
+    try:
+        info = json.loads((out / "search.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "best" in info and info.get("candidates") == candidates
+
+
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     if not path.is_file():
         return
-    old = json.loads(path.read_text()).get("settings")
+    try:
+        old = json.loads(path.read_text()).get("settings")
+    except (ValueError, AttributeError):
+        raise UserError(f"{path} is corrupt; delete it and candidates.jsonl to search again")\
+            from None
     if old != settings:
         diff = sorted(k for k in set(old or {}) | set(settings)
                       if (old or {}).get(k) != settings.get(k))
@@ -247,10 +260,11 @@ def _search(
     bar.close()
     best = max(done, key=lambda r: (r["abn_score"], -r["index"]))
     best_vanilla = max(done, key=lambda r: (r["vanilla_score"], -r["index"]))
-    write_json({"settings": settings, "dense": {"macs": dense_macs, "params": dense_params,
-                                               "score": dense_score},
-                "candidates": len(done), "acceptance_rate": _finite(sampler.acceptance_rate),
-                "best": best, "best_vanilla": best_vanilla}, out / "search.json")
+    if n_new or not search_complete(out, len(done)):  # a finished search is only read
+        write_json({"settings": settings, "dense": {"macs": dense_macs, "params": dense_params,
+                                                   "score": dense_score},
+                    "candidates": len(done), "acceptance_rate": _finite(sampler.acceptance_rate),
+                    "best": best, "best_vanilla": best_vanilla}, out / "search.json")
     return SearchResult(done, best, best_vanilla, sampler.acceptance_rate, dense_macs,
                         dense_params, dense_score, [g.name for g in groups], out)
 

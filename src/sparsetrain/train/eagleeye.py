@@ -14,6 +14,7 @@ Run directory ``cfg.run_dir`` (every stage resumes; a finished stage is skipped)
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 from sparsetrain.config import RunConfig
 from sparsetrain.errors import UserError
 from sparsetrain.precision import resolve_device, resolve_precision
+from sparsetrain.rundir import RunDir
 from sparsetrain.structured.correlate import correlation_study
 from sparsetrain.structured.groups import prunable_groups, prune_model
 from sparsetrain.structured.macs import MacsModel, macs_params
@@ -33,6 +35,7 @@ from sparsetrain.structured.search import (
     eagleeye_search,
     eval_batches,
     holdout_split,
+    search_complete,
 )
 from sparsetrain.train.finetune_pruned import finetune_pruned
 
@@ -75,11 +78,17 @@ def _dense_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def run_eagleeye(
-    cfg: RunConfig, checkpoint: str | Path, opts: EagleEyeOptions | None = None
+    cfg: RunConfig, checkpoint: str | Path, opts: EagleEyeOptions | None = None, *,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Search, pick the best adaptive-BN candidate, fine-tune it (and the baselines); returns
-    the winner's summary, which gains ``"structured"``, ``"search"`` and ``"baselines"``."""
-    from sparsetrain.train.run import load_data
+    the winner's summary, which gains ``"structured"``, ``"search"`` and ``"baselines"``.
+
+    ``resume`` continues the EagleEye run ``cfg.run_dir`` (finished stages are reused). Its
+    folder is locked while the search, the correlation study and the winner write there; a
+    ``--no-winner`` call on a finished search only reads it, so it can fine-tune the baselines
+    (each in its own locked sub-folder) while another process fine-tunes the winner."""
+    from sparsetrain.train.run import check_config
 
     o = opts or EagleEyeOptions()
     unknown = sorted(set(o.baselines) - {"uniform", "random"})
@@ -91,6 +100,24 @@ def run_eagleeye(
                         f"{dense.arch_name!r}")
     if cfg.data.loader != "device":
         raise UserError("prune eagleeye needs the device loader (data.loader: device)")
+    check_config(cfg)
+    reader = (not o.winner and o.finetune and not o.correlate and resume
+              and search_complete(cfg.run_dir, o.candidates))
+    run = RunDir.claim(cfg.out_dir, cfg.name, command="prune eagleeye", resume=resume,
+                       lock=not reader)
+    try:
+        return _run(cfg, dense, ckpt, checkpoint, o, run)
+    except BaseException:
+        run.abandon()
+        raise
+    finally:
+        run.release()
+
+
+def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str | Path,
+         o: EagleEyeOptions, run: RunDir) -> dict[str, Any]:
+    from sparsetrain.train.run import load_data
+
     data = load_data(cfg)
     if data.num_classes != len(ckpt["classes"]):
         raise UserError(f"the data has {data.num_classes} classes, {checkpoint} was trained on "
@@ -125,7 +152,8 @@ def run_eagleeye(
             "epochs": o.correlate_epochs, "warmup_epochs": 0.0, "progress": False})})
 
         def brief(c: dict[str, Any]) -> float:
-            rc = short.model_copy(update={"name": f"{cfg.name}/correlate/cand_{c['index']}"})
+            rc = short.model_copy(update={"out_dir": str(run_dir / "correlate"),
+                                          "name": f"cand_{c['index']}"})
             s = finetune_pruned(rc, prune_model(dense, c["ratios"], o.importance, o.round_to),
                                 rc.run_dir, train_data=rest, evals={"val": unseen},
                                 info=data.info)
@@ -135,19 +163,25 @@ def run_eagleeye(
             res.candidates, brief, o.correlate, run_dir).items() if k != "points"}
     if not o.finetune:
         return info
+    if not o.winner:  # the baselines lock their own folders; the winner may train meanwhile
+        run.release()
     evals = {"val": data.val} if data.val is not None else {}
     evals["test"] = data.test
 
     def tune(ratios: dict[str, float], sub: str | None, extra: dict[str, Any]) -> dict[str, Any]:
-        rc = cfg if sub is None else cfg.model_copy(update={"name": f"{cfg.name}/{sub}"})
+        rc = cfg if sub is None else cfg.model_copy(update={"out_dir": str(run_dir),
+                                                            "name": sub})
         pruned = prune_model(dense, ratios, o.importance, o.round_to)
         macs, params = macs_params(pruned)
         structured = {"macs_dense": res.dense_macs, "macs": macs, "params": params,
                       "params_dense": res.dense_params, "macs_ratio": macs / res.dense_macs,
                       **extra}
-        return finetune_pruned(rc, pruned, rc.run_dir, train_data=data.train, evals=evals,
-                               info=data.info, extra_summary={"structured": structured,
-                                                              "search": info})
+        with contextlib.ExitStack() as stack:
+            if sub is not None:
+                stack.enter_context(run.child(sub))
+            return finetune_pruned(rc, pruned, rc.run_dir, train_data=data.train,
+                                   evals=evals, info=data.info,
+                                   extra_summary={"structured": structured, "search": info})
 
     summary = None
     if o.winner:

@@ -29,7 +29,9 @@ from sparsetrain.checkpoint import (
 )
 from sparsetrain.config import RunConfig, to_yaml
 from sparsetrain.data import DatasetInfo, ImageArrays
+from sparsetrain.errors import UserError
 from sparsetrain.precision import resolve_device, resolve_precision
+from sparsetrain.rundir import read_metrics, read_summary, truncate_metrics
 from sparsetrain.structured.io import model_from_structure, pruned_checkpoint
 from sparsetrain.structured.macs import macs_params
 from sparsetrain.train.engine import Trainer
@@ -55,8 +57,9 @@ def finetune_pruned(
     run resumes) on ``train_data`` with ``cfg.train``; ``evals`` are evaluated every
     ``eval_every`` epochs (``"val"`` selects ``best.pt`` when present, never ``"test"``)."""
     run_dir = Path(run_dir)
-    if (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
+    done = read_summary(run_dir / "summary.json")
+    if done is not None:
+        return done
     t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -64,6 +67,10 @@ def finetune_pruned(
     precision = resolve_precision(cfg.train.precision, device)
     ckpt = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").is_file() else None
     if ckpt is not None:
+        if not all(k in ckpt for k in ("trainer", "best", "rng")):
+            raise UserError(f"cannot resume from {run_dir / 'last.pt'}: it holds no training "
+                            "state (a copy of best.pt?)")
+        read_metrics(run_dir / "metrics.jsonl")  # a corrupt line stops before any work
         model = model_from_structure(ckpt, run_dir / "last.pt")
     model = model.to(device)
     if cfg.train.channels_last:
@@ -108,7 +115,7 @@ def finetune_pruned(
         trainer.load_state_dict(ckpt["trainer"])
         best.update(ckpt["best"])
         set_rng_state(ckpt["rng"])
-        _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
+        truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
     atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
     trainer.fit()
     last = trainer.history[-1] if trainer.history else {}
@@ -126,11 +133,3 @@ def finetune_pruned(
     }
     write_json(summary, run_dir / "summary.json")
     return summary
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))

@@ -15,7 +15,6 @@ Both hand the engine an ordinary checkpoint (weights with mask buffers, optimize
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,19 @@ from sparsetrain.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_write_bytes,
     load_checkpoint,
+    load_state,
     rng_state,
     save_checkpoint,
 )
 from sparsetrain.config import RunConfig, to_yaml, validate
 from sparsetrain.errors import UserError
+from sparsetrain.rundir import RunDir, read_summary
 from sparsetrain.sparsity.masks import MASK_SUFFIX, prunable_parameters
 from sparsetrain.sparsity.methods import create_method
 from sparsetrain.sparsity.schedules import to_steps
 from sparsetrain.sparsity.topk import global_masks
 from sparsetrain.train.optim import build_optimizer
-from sparsetrain.train.run import build_model, load_data, train
+from sparsetrain.train.run import build_model, check_config, load_data, train
 
 
 class SaveAtStep(Callback):
@@ -100,7 +101,7 @@ def magnitude_masks(state: dict[str, torch.Tensor], names: list[str], density: f
 
 def seed_run(cfg: RunConfig, model_state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
              *, classes: list[str], trainer_state: dict[str, Any] | None = None,
-             rng: dict[str, Any] | None = None) -> Path:
+             rng: dict[str, Any] | None = None, source: str | Path = "checkpoint") -> Path:
     """Write ``cfg.run_dir/last.pt`` so that ``train(cfg, resume=True)`` trains ``model_state``
     under ``masks`` (fixed, ``static``), continuing ``trainer_state`` when given (rewinding) or
     from step 0 with a fresh optimizer."""
@@ -108,7 +109,7 @@ def seed_run(cfg: RunConfig, model_state: dict[str, torch.Tensor], masks: dict[s
     method = create_method("static", model, None, density=cfg.sparsity.density, seed=cfg.seed,
                            include=list(masks))
     weights = {k: v for k, v in model_state.items() if not k.endswith(MASK_SUFFIX)}
-    model.load_state_dict({**weights, **{n + MASK_SUFFIX: m for n, m in masks.items()}})
+    load_state(model, {**weights, **{n + MASK_SUFFIX: m for n, m in masks.items()}}, source)
     t = cfg.train
     optimizer = build_optimizer(model, t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
                                 momentum=t.momentum, nesterov=t.nesterov, betas=t.betas,
@@ -136,16 +137,28 @@ def seed_run(cfg: RunConfig, model_state: dict[str, torch.Tensor], masks: dict[s
 
 
 def _finished(run_dir: Path) -> dict[str, Any] | None:
-    p = run_dir / "summary.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_summary(run_dir / "summary.json")
 
 
 def run_lottery(cfg: RunConfig, *, rounds: int, prune_fraction: float = 0.2,
-                rewind: int | str = 0) -> list[dict[str, Any]]:
-    """Iterative magnitude pruning with rewinding; returns one summary per round."""
+                rewind: int | str = 0, resume: bool = False) -> list[dict[str, Any]]:
+    """Iterative magnitude pruning with rewinding; returns one summary per round.
+
+    ``resume``: continue the lottery run ``cfg.run_dir`` at its last unfinished round."""
     if rounds < 1 or not 0 < prune_fraction < 1:
         raise UserError(f"need rounds >= 1 and 0 < prune_fraction < 1, got {rounds}, "
                         f"{prune_fraction}")
+    check_config(cfg)
+    with RunDir.claim(cfg.out_dir, cfg.name, command="lottery", resume=resume) as run:
+        try:
+            return _lottery(cfg, run, rounds, prune_fraction, rewind)
+        except BaseException:
+            run.abandon()
+            raise
+
+
+def _lottery(cfg: RunConfig, run: RunDir, rounds: int, prune_fraction: float,
+             rewind: int | str) -> list[dict[str, Any]]:
     data = load_data(cfg)
     spe = len(data.train) // cfg.data.batch_size
     k = to_steps(rewind, steps_per_epoch=spe, total_steps=cfg.train.epochs * spe)
@@ -154,42 +167,75 @@ def run_lottery(cfg: RunConfig, *, rounds: int, prune_fraction: float = 0.2,
     base = cfg.run_dir
     rewind_path = base / "rewind.pt"
     r0 = _static_cfg(cfg, "round_0", "dense", 1.0)
-    summaries = [_finished(r0.run_dir) or train(
-        r0, resume=(r0.run_dir / "last.pt").is_file(),
-        callbacks=[SaveAtStep(k, r0.run_dir / "last.pt", rewind_path)])]
+    with run.child("round_0") as sub:
+        summaries = [_finished(r0.run_dir) or train(
+            r0, resume=(r0.run_dir / "last.pt").is_file(), run=sub,
+            callbacks=[SaveAtStep(k, r0.run_dir / "last.pt", rewind_path)])]
     names = _masked_names(cfg, data.num_classes)
     density = 1.0
     for r in range(1, rounds + 1):
         density *= 1 - prune_fraction
         rc = _static_cfg(cfg, f"round_{r}", "static", density)
-        done = _finished(rc.run_dir)
-        if done is None:
-            if not (rc.run_dir / "last.pt").is_file():
-                if not rewind_path.is_file():
-                    raise UserError(f"{rewind_path} is missing (round 0 stopped while saving "
-                                    f"it); delete {r0.run_dir} and run again")
-                prev = load_checkpoint(base / f"round_{r - 1}" / "last.pt")
-                masks = magnitude_masks(prev["model"], names, density)
-                rw = load_checkpoint(rewind_path)
-                seed_run(rc, rw["model"], masks, classes=rw["classes"],
-                         trainer_state=rw["trainer"], rng=rw["rng"])
-            done = train(rc, resume=True)
+        with run.child(f"round_{r}") as sub:
+            done = _finished(rc.run_dir)
+            if done is None:
+                if not (rc.run_dir / "last.pt").is_file():
+                    if not rewind_path.is_file():
+                        raise UserError(f"{rewind_path} is missing (round 0 stopped while "
+                                        f"saving it); delete {r0.run_dir} and run again")
+                    prev = load_checkpoint(base / f"round_{r - 1}" / "last.pt")
+                    masks = magnitude_masks(prev["model"], names, density)
+                    rw = load_checkpoint(rewind_path)
+                    seed_run(rc, rw["model"], masks, classes=rw["classes"],
+                             trainer_state=rw["trainer"], rng=rw["rng"], source=rewind_path)
+                done = train(rc, resume=True, run=sub)
         summaries.append(done)
     return summaries
 
 
-def run_oneshot(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
+def run_oneshot(cfg: RunConfig, checkpoint: str | Path, *, resume: bool = False
+                ) -> dict[str, Any]:
     """Prune a trained checkpoint once by global magnitude to ``cfg.sparsity.density`` and
-    fine-tune it with ``cfg``'s schedule (a fresh optimizer); resumable like any run."""
+    fine-tune it with ``cfg``'s schedule (a fresh optimizer); ``resume`` continues (or returns
+    the summary of) the one-shot run ``cfg.run_dir``."""
+    if not 0 < cfg.sparsity.density < 1:
+        raise UserError("oneshot prunes to sparsity.density, which must be below 1 (e.g. "
+                        f"sparsity.density=0.1), got {cfg.sparsity.density}")
     rc = _static_cfg(cfg, None, "static", cfg.sparsity.density)
-    done = _finished(rc.run_dir)
-    if done is not None:
-        return done
-    if not (rc.run_dir / "last.pt").is_file():
-        if rc.run_dir.exists() and any(rc.run_dir.iterdir()):
-            raise UserError(f"run directory {rc.run_dir} already exists")
+    check_config(rc)
+    src = None
+    if not resume:
         src = load_checkpoint(checkpoint)
-        names = _masked_names(rc, len(src["classes"]))
-        masks = magnitude_masks(src["model"], names, rc.sparsity.density)
-        seed_run(rc, src["model"], masks, classes=src["classes"])
-    return train(rc, resume=True)
+        _check_source(src, rc, checkpoint)
+    with RunDir.claim(rc.out_dir, rc.name, command="oneshot", resume=resume) as run:
+        done = _finished(rc.run_dir)
+        if done is not None:
+            return done
+        try:
+            if not (rc.run_dir / "last.pt").is_file():
+                src = src if src is not None else load_checkpoint(checkpoint)
+                _check_source(src, rc, checkpoint)
+                names = _masked_names(rc, len(src["classes"]))
+                masks = magnitude_masks(src["model"], names, rc.sparsity.density)
+                seed_run(rc, src["model"], masks, classes=src["classes"], source=checkpoint)
+            return train(rc, resume=True, run=run)
+        except BaseException:
+            run.abandon()
+            raise
+
+
+def _check_source(src: dict[str, Any], cfg: RunConfig, path: str | Path) -> None:
+    """The checkpoint to prune is of the recipe's model (one line naming both otherwise)."""
+    if "structure" in src:
+        raise UserError(f"{path} is a channel-pruned model; oneshot prunes registered models")
+    model = src.get("config", {}).get("model", {}) if isinstance(src.get("config"), dict) else {}
+    if not isinstance(src.get("classes"), list):
+        raise UserError(f"{path} is not a sparsetrain training checkpoint (no class list)")
+    theirs = (model.get("name"), model.get("kwargs") or {})
+    if model and theirs != (cfg.model.name, cfg.model.kwargs):
+        raise UserError(f"{path} holds model {_model_text(*theirs)} but the recipe trains "
+                        f"{_model_text(cfg.model.name, cfg.model.kwargs)}")
+
+
+def _model_text(name: object, kwargs: dict[str, Any]) -> str:
+    return repr(name) + (f" {kwargs}" if kwargs else "")

@@ -22,6 +22,7 @@ from sparsetrain.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_write_bytes,
     load_checkpoint,
+    load_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -57,6 +58,7 @@ from sparsetrain.errors import UserError
 from sparsetrain.models import create_model, model_info
 from sparsetrain.models.flops import sparse_flops
 from sparsetrain.precision import resolve_device, resolve_precision
+from sparsetrain.rundir import RunDir, read_metrics, read_summary, truncate_metrics
 from sparsetrain.sparsity.methods import SparsityMethod, method_from_config
 from sparsetrain.train.engine import Trainer
 from sparsetrain.train.optim import build_optimizer
@@ -108,7 +110,10 @@ def load_data(cfg: RunConfig) -> DataBundle:
             raise UserError("data.val_size and data.train_subset need the device loader")
         tf = Compose([RandomResizedCrop(d.image_size), RandomHorizontalFlip()])
         train = ImageFolderStream(path, "train", tf, seed=cfg.seed)
-        return DataBundle(info, train, None, load_test_split(cfg, path))
+        test = load_test_split(cfg, path)
+        if list(test.classes) != list(train.classes):
+            raise UserError(_class_mismatch(path, train.classes, test.classes))
+        return DataBundle(info, train, None, test)
     train = load_split(d.dataset, path, "train", cache_dir=d.cache_dir)
     val = None
     if d.train_subset is not None and d.train_subset < len(train):
@@ -117,7 +122,30 @@ def load_data(cfg: RunConfig) -> DataBundle:
     if d.val_size:
         tr_idx, val_idx = train_val_split(train.labels, d.val_size, seed=cfg.seed)
         train, val = train.subset(tr_idx), train.subset(val_idx)
-    return DataBundle(info, train, val, load_test_split(cfg, path))
+    test = match_classes(load_test_split(cfg, path), train.classes, path)
+    return DataBundle(info, train, val, test)
+
+
+def _class_mismatch(path: str, train: tuple[str, ...], test: tuple[str, ...]) -> str:
+    unknown = sorted(set(test) - set(train))
+    missing = sorted(set(train) - set(test))
+    what = (f"test classes not in train: {', '.join(unknown[:5])}" if unknown else
+            f"train classes missing from test: {', '.join(missing[:5])}")
+    return f"{path}: the train and test splits have different classes ({what})"
+
+
+def match_classes(test: ImageArrays, classes: tuple[str, ...] | list[str], path: str
+                  ) -> ImageArrays:
+    """``test`` labelled with the training split's class indices: labels are indices into each
+    split's own sorted class list, so a test split with fewer classes is relabelled by name; a
+    test class the training split lacks is an error (it would be scored as another class)."""
+    classes = tuple(classes)
+    if test.classes == classes:
+        return test
+    if set(test.classes) - set(classes):
+        raise UserError(_class_mismatch(path, classes, test.classes))
+    index = torch.tensor([classes.index(c) for c in test.classes], dtype=torch.int64)
+    return ImageArrays(test.images, index[test.labels], classes, test.checksum)
 
 
 def make_loader(
@@ -146,6 +174,7 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
 def check_config(cfg: RunConfig) -> None:
     """Cheap checks of names and paths, before any data is decoded."""
     info = model_info(cfg.model.name)
+    get_dataset_info(cfg.data.dataset)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and cfg.data.batch_size % world:
         raise UserError(f"data.batch_size {cfg.data.batch_size} is the global batch and must be "
@@ -218,17 +247,55 @@ def cost_report(model: nn.Module, method: SparsityMethod) -> dict[str, Any]:
     }
 
 
-def _prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
-    run_dir = cfg.run_dir
-    if resume:
-        if not (run_dir / "last.pt").is_file():
-            raise UserError(f"cannot resume: no checkpoint at {run_dir / 'last.pt'}")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(
-            f"run directory {run_dir} already exists; resume it with --resume or choose "
-            "another name (name=...)"
-        )
-    return run_dir
+# keys a resumed run must share with the run it continues (the rest, e.g. train.epochs, may
+# change); a difference is reported by name instead of as a state-dict dump
+_RESUME_FIXED = ("model", "sparsity", "seed", "data.dataset", "data.batch_size",
+                 "data.val_size", "data.train_subset", "data.loader", "data.image_size")
+
+
+def _dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k != "kwargs":
+            out.update(_dotted(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any],
+                       keys: tuple[str, ...] = _RESUME_FIXED) -> list[str]:
+    """``"key: here X, in the run Y"`` for each of ``keys`` (or keys below them) that differ."""
+    a, b = _dotted(old), _dotted(new)
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if any(k == f or k.startswith(f + ".") for f in keys) and a.get(k) != b.get(k):
+            diffs.append(f"{k} is {b.get(k)!r} here but {a.get(k)!r} in the run")
+    return diffs
+
+
+def check_resume(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Everything ``--resume`` reads, checked before any slow work: the checkpoint holds a
+    training state of the same model and method, metrics.jsonl and summary.json parse."""
+    from sparsetrain.config import upgrade, validate
+
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        raise UserError(f"cannot resume: no checkpoint at {path}")
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("config", "classes", "trainer", "best", "rng") if k not in ckpt]
+    if missing:
+        raise UserError(f"cannot resume from {path}: it holds no training state ({missing[0]} "
+                        "missing; a copy of best.pt?)")
+    old = validate(upgrade(ckpt["config"])).model_dump(mode="json")
+    diffs = config_differences(old, cfg.model_dump(mode="json"))
+    if diffs:
+        raise UserError(f"cannot resume {run_dir}: " + "; ".join(diffs[:3])
+                        + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""))
+    read_metrics(run_dir / "metrics.jsonl")
+    read_summary(run_dir / "summary.json")
+    return ckpt
 
 
 @dataclass
@@ -280,26 +347,41 @@ def train(
     *,
     resume: bool = False,
     callbacks: list[Callback] | None = None,
+    run: RunDir | None = None,
 ) -> dict[str, Any]:
     """Train as configured; write the run directory; return the summary.
 
-    Under ``torchrun`` every rank calls this: ranks share the work of each global batch, rank 0
-    alone writes the run directory, logs and shows progress (see :mod:`sparsetrain.distributed`).
+    The run folder is claimed (created and locked, or with ``resume`` locked for
+    continuing) before any data is read; ``run`` is a folder already claimed by a caller that
+    trains several runs (lottery rounds). Under ``torchrun`` every rank calls this: ranks
+    share the work of each global batch, rank 0 alone claims and writes the run directory, logs
+    and shows progress (see :mod:`sparsetrain.distributed`).
     """
     check_config(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     ctx, device = init_from_env(resolve_device(cfg.train.device))
-    return _train(cfg, ctx, device, resume, callbacks or [])
+    ckpt = check_resume(cfg, cfg.run_dir) if resume else None  # read-only, before the lock
+    owned = run is None and ctx.is_main
+    if owned:
+        run = RunDir.claim(cfg.out_dir, cfg.name, command="train", resume=resume)
+    try:
+        return _train(cfg, ctx, device, ckpt, callbacks or [])
+    except BaseException:
+        if owned:
+            run.abandon()  # a new run that failed before its first checkpoint leaves nothing
+        raise
+    finally:
+        if owned:
+            run.release()
 
 
-def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, resume: bool,
+def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, ckpt: dict[str, Any] | None,
            extra_callbacks: list[Callback]) -> dict[str, Any]:
-    run_dir = _prepare_run_dir(cfg, resume)
+    run_dir = cfg.run_dir
     ctx.barrier()  # every rank has checked the run directory before rank 0 writes to it
     t_start = time.perf_counter()
     precision = resolve_precision(cfg.train.precision, device)
-    ckpt = load_checkpoint(run_dir / "last.pt") if resume else None
     b = build(cfg, device, ctx)
     callbacks = [b.method, *distillation(cfg, device, precision), *extra_callbacks]
     if cfg.train.check_consistency and b.method.masks.masks:
@@ -307,7 +389,7 @@ def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, resume: bool,
     if ckpt is None:
         b.method.prepare(score_batches(b.train_loader, cfg.sparsity.score_batches))
     else:
-        b.model.load_state_dict(ckpt["model"])
+        load_state(b.model, ckpt["model"], run_dir / "last.pt")
     main = ctx.is_main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -339,11 +421,15 @@ def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, resume: bool,
         forward_model=torch.compile(forward) if t.compile else forward, dist=ctx,
     )
     if ckpt is not None:
-        trainer.load_state_dict(ckpt["trainer"])
+        try:
+            trainer.load_state_dict(ckpt["trainer"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise UserError(f"cannot resume from {run_dir / 'last.pt'}: its training state does "
+                            f"not fit this run ({str(e).strip().splitlines()[0]})") from None
         best.update(ckpt["best"])
         set_rng_state(ckpt["rng"])
         if main:
-            _truncate_metrics(metrics_path, trainer.step)
+            truncate_metrics(metrics_path, trainer.step)
             print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}")
     if main:
         atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
@@ -355,8 +441,9 @@ def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, resume: bool,
     summary = _summarize(cfg, trainer, b, best, device, precision)
     summary["world_size"] = ctx.world_size
     summary["wall_s"] = time.perf_counter() - t_start
-    if ckpt is not None and (run_dir / "summary.json").is_file():
-        summary["wall_s"] += json.loads((run_dir / "summary.json").read_text()).get("wall_s", 0)
+    previous = read_summary(run_dir / "summary.json") if ckpt is not None else None
+    if previous is not None:
+        summary["wall_s"] += previous.get("wall_s", 0)
     for cb in trainer.callbacks:
         cb.on_train_end(trainer, summary)
     if main:
@@ -403,11 +490,3 @@ def _update_best(best: dict[str, Any], metrics: dict[str, Any], *, has_val: bool
              "model": model.state_dict(), "classes": list(classes),
              "metrics": best["metrics"]}
     save_checkpoint(state, run_dir / "best.pt")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
