@@ -188,7 +188,7 @@ CASES: list[tuple[str, list[str], str, Prep | None]] = [
     ("eval-other-shape", [*E, "shape.pt"], "does not fit the model", None),
     ("eval-attack-images", [*E, CKPT, "--attack-images", "-1"], "must be >= 1", None),
     ("eval-eps-text", [*E, CKPT, "--attack", "fgsm", "--eps", "abc"], "--eps", None),
-    ("eval-eps-zero", [*E, CKPT, "--attack", "fgsm", "--eps", "0"], "--eps", None),
+    ("eval-eps-negative", [*E, CKPT, "--attack", "fgsm", "--eps", "-1"], "--eps", None),
     ("eval-batch-zero", [*E, CKPT, "--batch-size", "0"], "must be >= 1", None),
     ("eval-ood-unknown", [*E, CKPT, "--ood", "nope"], "unknown OOD set", None),
     ("eval-data-missing", [*E, CKPT, "--data-path", "/nonexistent"], "/nonexistent", None),

@@ -85,8 +85,8 @@ def _eps(text: str | None) -> list[float] | None:
         values = [float(t) for t in _names(text)]
     except ValueError:
         raise UserError(f"--eps takes numbers in units of 1/255, got {text!r}") from None
-    if not values or any(not math.isfinite(v) or not 0 < v <= 255 for v in values):
-        raise UserError(f"--eps takes numbers in (0, 255] (units of 1/255), got {text!r}")
+    if not values or any(not math.isfinite(v) or not 0 <= v <= 255 for v in values):
+        raise UserError(f"--eps takes numbers in [0, 255] (units of 1/255), got {text!r}")
     return [v / 255 for v in values]
 
 
