@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from conftest import tiny_config, write_config
-from sparsetrain.cli import main
+from sparsetrain.cli import build_parser, main
 
 
 def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -124,3 +125,37 @@ def test_prune_eagleeye_search_only(tmp_path: Path, capsys) -> None:
     assert "EagleEye search: 2 candidates, best adaptive-BN score" in out
     run_dir = Path(out.strip().rsplit("run dir ", 1)[1])
     assert len((run_dir / "candidates.jsonl").read_text().splitlines()) == 2
+
+
+def _parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return [p] + [q for s in subs for child in s.choices.values() for q in _parsers(child)]
+
+
+def test_every_option_has_help_and_every_command_an_example() -> None:
+    parsers = _parsers(build_parser())
+    assert len(parsers) >= 12  # the top level, 9 commands, prune eagleeye, bench latency
+    for p in parsers:
+        assert p.epilog and p.epilog.startswith("examples:\n  sparsetrain"), p.prog
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            assert a.help and a.help.strip(), f"{p.prog} {a.option_strings or a.dest}"
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == "sparsetrain 0.1.0"
+
+
+def test_list_into_a_closed_pipe_is_quiet() -> None:
+    """`sparsetrain list | head`: no BrokenPipeError traceback when the reader leaves (here
+    `true`, which exits before the listing is written, so every write meets a closed pipe)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m sparsetrain.cli "
+                        "list | true"], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (0, "")
