@@ -35,6 +35,7 @@ import torch_pruning as tp
 from torch import nn
 
 from sparsetrain.errors import UserError
+from sparsetrain.models.pointwise import guard_strided_pointwise
 
 __all__ = [
     "IMPORTANCES",
@@ -225,4 +226,5 @@ def prune_model(
         kept = {n: [base[n][i] for i in idx] if n in base else idx for n, idx in kept.items()}
         kept = {**base, **kept}
     pruned.pruned_structure = {n: list(idx) for n, idx in kept.items()}
+    guard_strided_pointwise(pruned)  # a oneDNN bug (models/pointwise.py)
     return pruned

@@ -71,6 +71,7 @@ def build_pruned(structure: Mapping[str, Any]) -> nn.Module:
     """An untrained model with the saved pruned structure (dense registered model + pruning by
     the saved indices); its layer shapes are checked against ``structure["channels"]``."""
     from sparsetrain.models import create_model
+    from sparsetrain.models.pointwise import guard_strided_pointwise
 
     if structure.get("format") != STRUCTURE_FORMAT:
         raise UserError(f"unsupported pruned-structure format {structure.get('format')!r}")
@@ -78,6 +79,7 @@ def build_pruned(structure: Mapping[str, Any]) -> nn.Module:
                          **dict(structure.get("model_kwargs") or {}))
     kept = {k: list(v) for k, v in structure["kept"].items()}
     apply_kept(model, kept)
+    guard_strided_pointwise(model)  # pruned shortcuts can hit a oneDNN bug (models/pointwise)
     model.pruned_structure = kept
     saved: Mapping[str, Sequence[int]] = structure.get("channels") or {}
     got = layer_channels(model)

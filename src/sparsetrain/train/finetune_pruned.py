@@ -30,6 +30,7 @@ from sparsetrain.checkpoint import (
 from sparsetrain.config import RunConfig, to_yaml
 from sparsetrain.data import DatasetInfo, ImageArrays
 from sparsetrain.errors import UserError
+from sparsetrain.models.pointwise import guard_strided_pointwise
 from sparsetrain.precision import resolve_device, resolve_precision
 from sparsetrain.rundir import read_metrics, read_summary, truncate_metrics
 from sparsetrain.structured.io import model_from_structure, pruned_checkpoint
@@ -72,6 +73,7 @@ def finetune_pruned(
                             "state (a copy of best.pt?)")
         read_metrics(run_dir / "metrics.jsonl")  # a corrupt line stops before any work
         model = model_from_structure(ckpt, run_dir / "last.pt")
+    guard_strided_pointwise(model)  # pruned shortcuts can hit a oneDNN bug (models/pointwise)
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
