@@ -176,3 +176,42 @@ def test_streaming_loader_trains_and_evaluates(tmp_path: Path) -> None:
     res = evaluate_checkpoint(cfg.run_dir / "last.pt", batch_size=5)
     assert res["n"] == 12
     assert res["acc"] == pytest.approx(summary["final"]["test_acc"], abs=1e-9)
+
+
+class _DieAtEpochEnd(Callback):
+    """Stands in for a kill between the step checkpoint after an epoch's last batch and the
+    end-of-epoch save."""
+
+    name = "die"
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        raise RuntimeError("killed")
+
+
+def test_resume_at_an_epoch_end_logs_the_scheduled_lr(tmp_path: Path) -> None:
+    """The epoch's metrics line of such a resumed run shows the LR the schedule used last,
+    not the base LR (it trains no batch before that line)."""
+    ref = load_config(write_config(tmp_path, tiny_config(tmp_path, name="ref",
+                                                         train={"checkpoint_every": 8})))
+    train(ref)
+    cfg = load_config(write_config(tmp_path, tiny_config(tmp_path, name="cut",
+                                                         train={"checkpoint_every": 8})))
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, callbacks=[_DieAtEpochEnd()])
+    state = load_checkpoint(cfg.run_dir / "last.pt")["trainer"]
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 8, 8)
+    train(cfg, resume=True)
+    want = [json.loads(x) for x in (ref.run_dir / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["lr"] for m in got] == [m["lr"] for m in want]
+    assert got[0]["lr"] != cfg.train.lr  # 0.05 is the base; step 7 is past the warm-up peak
+
+
+def test_one_console_line_per_epoch_without_a_progress_bar(tmp_path: Path, capsys) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_config(tmp_path)))  # progress: false
+    train(cfg)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    metrics = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
+    assert f"test {100 * metrics[-1]['test_acc']:.2f}%" in lines[-1]
+    assert "img/s" in lines[-1] and "loss" in lines[-1]

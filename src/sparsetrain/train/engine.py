@@ -52,6 +52,7 @@ class Trainer:
         progress: bool = True,
         forward_model: nn.Module | None = None,
         dist: DistContext | None = None,
+        echo: bool = False,
     ) -> None:
         self.model = model
         self.forward_model = forward_model or model  # e.g. torch.compile'd or DDP-wrapped
@@ -73,6 +74,7 @@ class Trainer:
         self.save_fn = save_fn
         self.log_fn = log_fn
         self.progress = progress
+        self.echo = echo  # one console line per epoch (stays when the bar is cleared/disabled)
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         # progress state: epoch being trained and the next batch index within it
         self.step = 0
@@ -144,7 +146,10 @@ class Trainer:
             desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False, dynamic_ncols=True,
             unit="step",
         )
-        t0, seen, lr = time.perf_counter(), 0, self.base_lrs[0]
+        # the LR last used: a resume that lands at an epoch's end (a step checkpoint after its
+        # last batch) runs no batch here, and its metrics line must not show the base LR
+        t0, seen = time.perf_counter(), 0
+        lr = self.base_lrs[0] * self.schedule(max(self.step - 1, 0))
         for i in range(self.batch_in_epoch, n_batches):
             x, y = loader.batch(plan, i)
             with autocast(self.device, self.precision):
@@ -206,6 +211,8 @@ class Trainer:
         self.history.append(metrics)
         if self.log_fn is not None:
             self.log_fn(metrics)
+        if self.echo:
+            tqdm.write(epoch_line(metrics, self.epochs))
         self._save()
 
     def _account(
@@ -238,6 +245,18 @@ class Trainer:
         # under DDP the plain module evaluates (no collectives per batch); ranks hold shards
         model = self.model if self.dist.enabled else self.forward_model
         return evaluate(model, loader, self.device, self.precision, self.dist)
+
+
+def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    """``epoch 3/15  loss 1.2345  train 55.12%  test 60.20%  density 0.100  1234 img/s  45.2s``:
+    what a batch-job log needs to follow a run."""
+    parts = [f"epoch {m['epoch']}/{epochs}", f"loss {m['train_loss']:.4f}",
+             f"train {100 * m['train_acc']:.2f}%"]
+    parts += [f"{k[:-4]} {100 * m[k]:.2f}%" for k in m if k.endswith("_acc") and k != "train_acc"]
+    if "density" in m:
+        parts.append(f"density {m['density']:.3f}")
+    parts += [f"{m['images_per_s']:.0f} img/s", f"{m['epoch_time_s']:.1f}s"]
+    return "  ".join(parts)
 
 
 @torch.no_grad()

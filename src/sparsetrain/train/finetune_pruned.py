@@ -112,7 +112,7 @@ def finetune_pruned(
         precision=precision, label_smoothing=t.label_smoothing,
         callbacks=distillation(cfg, device, precision), eval_every=t.eval_every,
         grad_clip=t.grad_clip, max_steps=t.max_steps, checkpoint_every=t.checkpoint_every,
-        save_fn=save, log_fn=log, progress=t.progress)
+        save_fn=save, log_fn=log, progress=t.progress, echo=True)
     if ckpt is not None:
         trainer.load_state_dict(ckpt["trainer"])
         best.update(ckpt["best"])

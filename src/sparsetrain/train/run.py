@@ -418,7 +418,7 @@ def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, ckpt: dict[st
         grad_clip=t.grad_clip, max_steps=t.max_steps, checkpoint_every=t.checkpoint_every,
         save_fn=save if main else None, log_fn=log if main else None,
         progress=t.progress and main,
-        forward_model=torch.compile(forward) if t.compile else forward, dist=ctx,
+        forward_model=torch.compile(forward) if t.compile else forward, dist=ctx, echo=main,
     )
     if ckpt is not None:
         try:
