@@ -77,6 +77,7 @@ class TrainConfig(_Section):
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+    log: list[Literal["tensorboard"]] = Field(default_factory=list)  # extra loggers
     # data parallel (torchrun): BN statistics of the global batch (SyncBatchNorm on GPU, our
     # all-reduce BN on CPU); compare a hash of the masks across ranks after every update
     sync_bn: bool = False

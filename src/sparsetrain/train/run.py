@@ -63,6 +63,7 @@ from sparsetrain.sparsity.methods import SparsityMethod, method_from_config
 from sparsetrain.train.engine import Trainer
 from sparsetrain.train.optim import build_optimizer
 from sparsetrain.train.schedules import build_schedule
+from sparsetrain.train.tensorboard import TensorBoardLogger, require_tensorboard
 from sparsetrain.utils import environment, git_commit
 
 
@@ -184,6 +185,8 @@ def check_config(cfg: RunConfig) -> None:
         if not Path(teacher).is_file():
             raise UserError(f"teacher checkpoint not found: {teacher}")
     resolve_device(cfg.train.device)
+    if "tensorboard" in cfg.train.log:
+        require_tensorboard()
     with torch.device("meta"):  # validates model kwargs and sparsity options, allocates nothing
         model = create_model(cfg.model.name, num_classes=info.default_num_classes,
                              **cfg.model.kwargs)
@@ -384,6 +387,8 @@ def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, ckpt: dict[st
     precision = resolve_precision(cfg.train.precision, device)
     b = build(cfg, device, ctx)
     callbacks = [b.method, *distillation(cfg, device, precision), *extra_callbacks]
+    if "tensorboard" in cfg.train.log and ctx.is_main:  # last: sees every callback's metrics
+        callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
     if cfg.train.check_consistency and b.method.masks.masks:
         callbacks.insert(1, MaskConsistency(b.method))
     if ckpt is None:
