@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.resources
 import json
 import math
 import os
@@ -21,12 +22,12 @@ from sparsetrain.errors import UserError
 
 
 def recipes_dir() -> Path:
-    """``$SPARSETRAIN_RECIPES``, else ``configs/`` of the source checkout, else ./configs."""
+    """``$SPARSETRAIN_RECIPES``, else the recipes shipped inside the package (``configs/`` of
+    the checkout is a link to them), so recipe names work from a wheel installed anywhere."""
     env = os.environ.get("SPARSETRAIN_RECIPES")
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[2] / "configs"
-    return repo if repo.is_dir() else Path("configs")
+    return Path(str(importlib.resources.files("sparsetrain") / "configs"))
 
 
 def list_recipes() -> list[str]:

@@ -266,9 +266,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML recipe (or defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML recipe (or defaults when ``path`` is None) and apply overrides; a relative
+    data path is located (current directory, ``$SPARSETRAIN_DATA``, the recipe's folder and
+    those above it: :mod:`sparsetrain.data.locate`) and stored absolute."""
+    from sparsetrain.data.locate import locate_data_path
+
     raw = read_recipe(path) if path is not None else {}
-    return validate(apply_overrides(raw, overrides or []))
+    cfg = validate(apply_overrides(raw, overrides or []))
+    found = locate_data_path(cfg.data.path, cfg.data.dataset,
+                             Path(path).parent if path is not None else None)
+    if found is not None and found != cfg.data.path:
+        cfg.data.path = found
+    return cfg
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -195,7 +195,8 @@ def check_config(cfg: RunConfig) -> None:
 
 def check_data_path(path: str) -> None:
     if not is_synthetic_spec(path) and not Path(path).exists():
-        raise UserError(f"data path not found: {path}")
+        raise UserError(f"data path not found: {path}; set data.path=FILE, or "
+                        "SPARSETRAIN_DATA=FOLDER (the folder that holds it)")
 
 
 def make_loaders(
