@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import tiny_config, write_config
 from sparsetrain import load_config, train
+from sparsetrain.train.schedules import build_schedule
 
 # `sparsetrain.train` is also the function, so the module is imported by its full name
 tb = importlib.import_module("sparsetrain.train.tensorboard")
@@ -43,6 +45,10 @@ def test_rigl_run_logs_steps_epochs_and_mask_updates(tmp_path: Path,
     tags = {t for t, _, _ in w.scalars}
     steps = sorted(s for t, _, s in w.scalars if t == "train/loss_step")
     assert steps == [10]  # every 10 steps of 16
+    schedule = build_schedule(cfg.train.schedule, epochs=2, steps_per_epoch=8,
+                              warmup_epochs=cfg.train.warmup_epochs)
+    ((lr, at),) = [(v, s) for t, v, s in w.scalars if t == "train/lr"]
+    assert at == 10 and lr == pytest.approx(cfg.train.lr * schedule(9))  # step 10 used 9
     metrics = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     got = {(t, s): v for t, v, s in w.scalars}
     for m in metrics:
@@ -68,3 +74,14 @@ def test_real_event_file(tmp_path: Path) -> None:
     acc.Reload()
     (event,) = acc.Scalars("epoch/test_acc")
     assert event.step == 8 and event.value == pytest.approx(s["final"]["test_acc"], abs=1e-6)
+
+
+def test_missing_package_is_a_user_error_before_training(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparsetrain.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises
+    cfg = load_config(write_config(tmp_path, tiny_config(tmp_path, train={"log": ["tensorboard"]})))
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        train(cfg)
+    assert not cfg.run_dir.exists()  # checked before the run folder is claimed

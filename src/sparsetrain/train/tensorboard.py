@@ -55,7 +55,7 @@ class TensorBoardLogger(Callback):
 
     def loss(self, trainer: Any, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor,
              loss: torch.Tensor) -> torch.Tensor:
-        self._loss = loss
+        self._loss = loss.detach()  # no sync; keeps no graph alive between steps
         return loss
 
     def after_optimizer_step(self, trainer: Any) -> None:
