@@ -32,7 +32,7 @@ def test_guard_switches_only_affected_layers_and_keeps_the_numbers() -> None:
 
 
 def test_guarded_backward_runs_in_channels_last_fp32() -> None:
-    """The unguarded layer aborts the interpreter here (torch 2.13 CPU, AVX-512 Xeon), so the
+    """The unguarded layer aborts the interpreter on some CPUs (torch 2.13, AVX2-only EPYC), so the
     guarded one runs in a subprocess and must finish."""
     code = textwrap.dedent("""
         import torch

@@ -1,7 +1,8 @@
 """A guard for strided 1×1 convolutions with few input channels (a oneDNN bug).
 
-With PyTorch 2.13's CPU build on an AVX-512/AMX Xeon, the fp32 backward of a 1×1 convolution
-with stride 2 and fewer than 8 input channels in channels-last format corrupts the heap
+With PyTorch 2.13's CPU build on an AVX2-only AMD EPYC (family 25, no AVX-512: the machine of
+session 5), the fp32 backward of a 1×1 convolution with stride 2 and fewer than 8 input
+channels in channels-last format corrupts the heap
 (``double free or corruption`` / ``free(): invalid next size``, the process aborts). Such
 convolutions appear in channel-pruned ResNets (an EagleEye candidate can keep 3-7 channels of
 a stage, which feed the next stage's strided shortcut). Measured: cin 3-7 abort, cin 8-40 and
