@@ -175,7 +175,7 @@ def test_results_table_rows_and_values(report) -> None:
     assert dense[col["Method"]] == "dense" and dense[col["Epochs"]] == "3/3"
     assert dense[col["MACs"]] == "40.80M" and dense[col["Params"]] == "272.47K"
     assert dense[col["Wall time"]] == "10m 00s" and dense[col["ECE"]] == "—"
-    assert static[col["Method"]] == "static (erk)" and static[col["Top-1"]] == "80.97%"
+    assert static[col["Method"]] == "static ERK" and static[col["Top-1"]] == "80.97%"
     assert static[col["FGSM"]] == "30.00% [4/255]"  # no 8/255: the largest eps evaluated
     assert static[col["MACs (eff.)"]] == "4.08M" and static[col["Nonzero"]] == "27.25K"
     assert evald[col["ECE"]] == "0.0312" and evald[col["OOD AUROC"]] == "0.850"
@@ -184,7 +184,7 @@ def test_results_table_rows_and_values(report) -> None:
     assert broken[col["Top-1"]] == "40.00%" and broken[col["Wall time"]] == "≥ 2m 00s"
     assert broken[col["Method"]] == "—" and broken[col["Epochs"]] == "2"
     only = rows[ODD_NAME]  # a run with only a config is still listed
-    assert only[col["Method"]] == "set (erk)" and only[col["Density"]] == "0.050"
+    assert only[col["Method"]] == "SET" and only[col["Density"]] == "0.050"
     assert only[col["Top-1"]] == "—" and only[col["Wall time"]] == "—"
 
 
@@ -326,3 +326,48 @@ def test_report_loads_without_errors_and_every_image_renders(report, tmp_path: P
     assert m is not None, res.stderr[-2000:]
     assert (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (n_img, 0, 0)
     assert n_img >= 5
+
+
+def test_two_seeds_of_one_recipe_are_one_mark(tmp_path: Path) -> None:
+    """Same config but seed (and name): one group with both accuracies; another density or
+    method is another group; the figure is the one-level dot chart, then the lines."""
+    from sparsetrain.report.plots import accuracy_vs_sparsity, seed_groups
+
+    sp = {"method": "granet", "density": 0.1}
+    for seed, acc in ((0, 0.80), (1, 0.82)):
+        cfg = {**_config(f"g{seed}", sp), "seed": seed}
+        _write_run(tmp_path, f"g{seed}", cfg, _epochs([0.5, acc]),
+                   _summary(f"g{seed}", "granet", acc, 0.1))
+    _write_run(tmp_path, "gmp", _config("gmp", {"method": "gmp", "density": 0.1}),
+               _epochs([0.79]), _summary("gmp", "gmp", 0.79, 0.1))
+    _write_run(tmp_path, "dense", _config("dense"), _epochs([0.85]),
+               _summary("dense", "dense", 0.85, 1.0))
+    runs, _ = find_runs([tmp_path])
+    groups = {g.label: g for g in seed_groups(runs)}
+    assert set(groups) == {"GraNet", "GMP", "dense"}
+    assert groups["GraNet"].accs == (0.80, 0.82) and groups["GraNet"].n == 2
+    assert groups["GraNet"].mean == pytest.approx(0.81)
+    (plot,) = accuracy_vs_sparsity(runs)
+    assert plot.title == "Accuracy at 90% sparsity" and plot.png.startswith(PNG_SIGNATURE)
+    _write_run(tmp_path, "gmp98", _config("gmp98", {"method": "gmp", "density": 0.02}),
+               _epochs([0.6]), _summary("gmp98", "gmp", 0.6, 0.02))
+    (plot,) = accuracy_vs_sparsity(find_runs([tmp_path])[0])
+    assert plot.title == "Accuracy vs sparsity"
+
+
+@pytest.mark.parametrize(("method", "sparsity", "label"), [
+    ("static", {"budget": "erk"}, "static ERK"),
+    ("static", {"budget": "uniform_plus"}, "static uniform+"),
+    ("static", {"budget": "global", "score": "snip"}, "SNIP"),
+    ("static", {"budget": "snip_ratio"}, "static SNIP-ratio"),
+    ("gmp", {"budget": "erk"}, "GMP"),
+    ("granet", {"budget": "erk"}, "GraNet"),
+    ("granet", {"initial_density": 0.5}, "GraNet-ST"),
+    ("rigl", {"budget": "erk"}, "RigL"),
+    ("set", {"budget": "uniform"}, "SET (uniform)"),
+    ("structured", {}, "EagleEye"),
+])
+def test_method_labels_are_proper_names(method: str, sparsity: dict, label: str) -> None:
+    from sparsetrain.report.runs import display_name
+
+    assert display_name(method, sparsity) == label

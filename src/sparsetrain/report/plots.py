@@ -57,12 +57,16 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _styles(n: int) -> list[dict[str, Any]]:
-    """Distinct line styles for ``n`` overlaid lines: ten colours, then new dash patterns."""
-    from matplotlib import colormaps
+# Okabe & Ito's colour-blind-safe palette (black is kept for dense reference lines)
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442")
 
-    cmap = colormaps["tab10"]
-    return [{"color": cmap(i % 10), "ls": ("-", "--", ":", "-.")[i // 10 % 4]} for i in range(n)]
+
+def _styles(n: int) -> list[dict[str, Any]]:
+    """Distinct line styles for ``n`` overlaid lines: seven colour-blind-safe colours, then
+    new dash patterns."""
+    k = len(PALETTE)
+    return [{"color": PALETTE[i % k], "ls": ("-", "--", ":", "-.")[i // k % 4]}
+            for i in range(n)]
 
 
 def _legend(ax: Any, n: int) -> None:
@@ -76,46 +80,126 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
 
+@dataclass(frozen=True)
+class SeedGroup:
+    """Finished runs of one recipe that differ only in seed: one mark in a comparison."""
+
+    label: str
+    density: float  # mean measured global density
+    accs: tuple[float, ...]  # final test top-1 of each seed
+    names: tuple[str, ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.accs) / len(self.accs)
+
+    @property
+    def n(self) -> int:
+        return len(self.accs)
+
+
+def seed_groups(runs: Sequence[Run]) -> list[SeedGroup]:
+    """Finished runs with a density and a final top-1, grouped by :attr:`Run.recipe`."""
+    by: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        if r.finished and r.density is not None and r.top1 is not None:
+            by[r.recipe].append(r)
+    out = [SeedGroup(rs[0].method or "?", sum(r.density for r in rs) / len(rs),
+                     tuple(r.top1 for r in rs), tuple(r.name for r in rs)) for rs in by.values()]
+    return sorted(out, key=lambda g: (g.label, g.density, g.names))
+
+
 def accuracy_vs_sparsity(runs: Sequence[Run]) -> list[Plot]:
-    """Final top-1 against sparsity (1 - density), one line per method through the mean of
-    the runs (seeds) at each sparsity; dense runs as a dashed reference line."""
-    done = [r for r in runs if r.density is not None and r.top1 is not None]
-    pts = [(r.method or "?", round(1 - r.density, 4), r.top1) for r in done if r.finished]
-    if len(pts) < 2:
+    """Final top-1 per method: at one sparsity a labelled dot chart (sorted, value beside each
+    mark, dense as a reference line); at several, accuracy against sparsity on a log-density
+    axis (80/90/95/98% evenly spread, as the papers draw it). Seeds of one recipe are one mark:
+    their mean, with a min-max bar or band and n in the label."""
+    groups = seed_groups(runs)
+    dense = [g for g in groups if g.density >= 1 - 1e-9]
+    sparse = [g for g in groups if g.density < 1 - 1e-9]
+    if not sparse or len(groups) < 2:
         return []
-    dense = [a for m, s, a in pts if m.startswith("dense") and s <= 1e-9]
-    groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for m, s, a in pts:
-        if not (m.startswith("dense") and s <= 1e-9):
-            groups[m].append((s, a))
-    if not groups:
-        return []
+    levels = sorted({round(1 - g.density, 2) for g in sparse})
+    fig = (_dot_chart(sparse, dense, levels[0]) if len(levels) == 1
+           else _sparsity_lines(sparse, dense, levels))
+    finished = {n for g in groups for n in g.names}
+    skipped = sum(1 for r in runs if r.density is not None and r.top1 is not None
+                  and r.name not in finished)
+    title = ("Accuracy at " + f"{100 * levels[0]:g}% sparsity" if len(levels) == 1
+             else "Accuracy vs sparsity") + (
+        f" ({skipped} unfinished run(s) left out)" if skipped else "")
+    return [Plot("sparsity", "accuracy_vs_sparsity", title, _png(fig))]
+
+
+def _seeds(g: SeedGroup) -> str:
+    return f" (n={g.n})" if g.n > 1 else ""
+
+
+def _dense_line(ax: Any, dense: Sequence[SeedGroup], vertical: bool) -> None:
+    for g in dense[:1]:  # one reference: the first dense recipe
+        accs = [100 * a for a in g.accs]
+        line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
+        line(100 * g.mean, color="k", ls="--", lw=1,
+             label=f"{g.label} {100 * g.mean:.2f}%{_seeds(g)}")
+        if g.n > 1:
+            span(min(accs), max(accs), color="k", alpha=0.08, lw=0)
+
+
+def _dot_chart(sparse: Sequence[SeedGroup], dense: Sequence[SeedGroup], level: float) -> Any:
+    rows = sorted(sparse, key=lambda g: g.mean)
+    labels = [g.label for g in rows]
+    labels = [f"{lab} [{g.names[0]}]" if labels.count(lab) > 1 else lab
+              for lab, g in zip(labels, rows, strict=True)]
+    fig, axes = _figure(size=(WIDTH, max(2.0, 0.32 * len(rows) + 1.1)))
+    ax = axes[0, 0]
+    color = _styles(1)[0]["color"]
+    for y, g in enumerate(rows):
+        accs = [100 * a for a in g.accs]
+        m = 100 * g.mean
+        ax.errorbar([m], [y], xerr=[[m - min(accs)], [max(accs) - m]], fmt="o", color=color,
+                    capsize=3, markersize=5)
+        ax.annotate(f"{m:.2f}%{_seeds(g)}", (max(accs), y), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    _dense_line(ax, dense, vertical=True)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    lo = min([100 * min(g.accs) for g in rows] + [100 * min(g.accs) for g in dense[:1]])
+    hi = max([100 * max(g.accs) for g in rows] + [100 * max(g.accs) for g in dense[:1]])
+    ax.set_xlim(lo - 0.05 * (hi - lo + 1), hi + 0.25 * (hi - lo + 1))  # room for the values
+    ax.set_xlabel(f"final test top-1 (%) at {100 * level:g}% sparsity")
+    ax.grid(axis="x", alpha=0.3)
+    if dense:
+        ax.legend(fontsize=7, loc="upper left", frameon=False)  # free: rows rise left to right
+    return fig
+
+
+def _sparsity_lines(sparse: Sequence[SeedGroup], dense: Sequence[SeedGroup],
+                    levels: Sequence[float]) -> Any:
+    by: dict[str, list[SeedGroup]] = defaultdict(list)
+    for g in sparse:
+        by[g.label].append(g)
     fig, axes = _figure()
     ax = axes[0, 0]
-    for (method, xy), style in zip(sorted(groups.items()), _styles(len(groups)), strict=True):
-        by_x: dict[float, list[float]] = defaultdict(list)
-        for s, a in xy:
-            by_x[s].append(a)
-        xs = sorted(by_x)
-        ax.plot([100 * x for x in xs], [100 * sum(by_x[x]) / len(by_x[x]) for x in xs],
-                marker="o", label=method, markersize=4, **style)
-        ax.scatter([100 * s for s, _ in xy], [100 * a for _, a in xy], color=style["color"], s=10,
-                   alpha=0.5)
-    if dense:
-        ax.axhline(100 * sum(dense) / len(dense), color="k", ls="--", lw=1,
-                   label=f"dense (n={len(dense)})")
-    xs = [100 * s for xy in groups.values() for s, _ in xy]
-    pad = max(2.0, 0.08 * (max(xs) - min(xs)))  # measured densities differ in the 5th digit
-    ax.set_xlim(max(-1.0, min(xs) - pad), min(101.0, max(xs) + pad))
-    ax.ticklabel_format(useOffset=False)
-    ax.set_xlabel("sparsity (%)")
+    for (label, gs), style in zip(sorted(by.items()), _styles(len(by)), strict=True):
+        gs = sorted(gs, key=lambda g: -g.density)
+        xs = [g.density for g in gs]
+        ax.plot(xs, [100 * g.mean for g in gs], marker="o", markersize=4,
+                label=label + (f" (n={max(g.n for g in gs)})" if max(g.n for g in gs) > 1
+                               else ""), **style)
+        if any(g.n > 1 for g in gs):
+            ax.fill_between(xs, [100 * min(g.accs) for g in gs],
+                            [100 * max(g.accs) for g in gs], color=style["color"], alpha=0.2,
+                            lw=0)
+    _dense_line(ax, dense, vertical=False)
+    ax.set_xscale("log")
+    ticks = [1 - s for s in levels]
+    ax.set_xticks(ticks, [f"{100 * s:g}%" for s in levels])
+    ax.minorticks_off()
+    ax.set_xlim(max(ticks) * 1.3, min(ticks) / 1.3)  # sparser to the right
+    ax.set_xlabel("sparsity (log density axis)")
     ax.set_ylabel("final test top-1 (%)")
     ax.grid(alpha=0.3)
-    _legend(ax, len(groups) + bool(dense))
-    skipped = len(done) - len(pts)
-    title = "Accuracy vs sparsity" + (f" ({skipped} unfinished run(s) left out)"
-                                      if skipped else "")
-    return [Plot("sparsity", "accuracy_vs_sparsity", title, _png(fig))]
+    _legend(ax, len(by) + bool(dense))
+    return fig
 
 
 def training_curves(runs: Sequence[Run]) -> list[Plot]:

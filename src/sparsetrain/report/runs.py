@@ -62,6 +62,37 @@ def eps_value(label: str) -> float | None:
         return None
 
 
+_NAMES = {"dense": "dense", "static": "static", "gmp": "GMP", "granet": "GraNet",
+          "rigl": "RigL", "set": "SET", "structured": "EagleEye"}
+_BUDGETS = {"er": "ER", "erk": "ERK", "erk_plus": "ERK+", "uniform": "uniform",
+            "uniform_plus": "uniform+", "snip_ratio": "SNIP-ratio", "grasp_ratio": "GraSP-ratio",
+            "global": "global"}
+_SCORES = {"snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "magnitude": "magnitude",
+           "gradient": "gradient"}
+_NOT_RECIPE = ("name", "out_dir", "seed")  # a recipe run with several seeds is one recipe
+_NOT_RECIPE_KEYS = {"sparsity": ("seed",), "train": ("device", "threads", "progress"),
+                    "data": ("cache_dir", "path")}
+
+
+def display_name(method: str, sparsity: dict[str, Any]) -> str:
+    """``static`` with a random score is named by its budget (``static ERK``), with a saliency
+    by the score (``SNIP``); SET/RigL add a budget only when it is not their ERK default;
+    GMP/GraNet use none (GraNet started sparse is ``GraNet-ST``)."""
+    name = _NAMES.get(method, method)
+    budget, score = sparsity.get("budget") or "erk", sparsity.get("score") or "random"
+    if method == "static":
+        if score != "random":
+            shown = _SCORES.get(score, score)
+            return shown if budget == "global" else f"{shown} ({_BUDGETS.get(budget, budget)})"
+        return f"static {_BUDGETS.get(budget, budget)}"
+    if method in ("set", "rigl") and budget != "erk":
+        return f"{name} ({_BUDGETS.get(budget, budget)})"
+    init = sparsity.get("initial_density")
+    if method == "granet" and isinstance(init, int | float) and init < 1:
+        return "GraNet-ST"
+    return name
+
+
 @dataclass
 class Run:
     """What could be read of one run directory."""
@@ -91,16 +122,30 @@ class Run:
 
     @property
     def method(self) -> str | None:
-        """Method name, with the layer-wise budget and ``+ KD`` when distilled."""
+        """The method's proper name (``GraNet``, ``RigL``, ``static ERK``, ``SNIP``), with the
+        layer budget only where the method uses one, and ``+ KD`` when distilled."""
         method = self._text(("method",), ("sparsity", "method"))
         if method is None and self.config is not None and "sparsity" not in self.config:
             method = "dense"
-        budget = dig(self.config, "sparsity", "budget")
-        if method and method != "dense" and isinstance(budget, str) and budget:
-            method = f"{method} ({budget})"
-        if method and dig(self.config, "distill", "teachers"):
-            method += " + KD"
-        return method
+        if method is None:
+            return None
+        sp = dig(self.config, "sparsity")
+        label = display_name(method, sp if isinstance(sp, dict) else {})
+        if dig(self.config, "distill", "teachers"):
+            label += " + KD"
+        return label
+
+    @property
+    def recipe(self) -> str:
+        """What identifies the recipe apart from its seed: runs that differ only in seed (and
+        name or folder) share it, so a report groups them into one mark."""
+        if not isinstance(self.config, dict):
+            return f"run:{self.path}"
+        cfg = {k: v for k, v in self.config.items() if k not in _NOT_RECIPE}
+        for section, keys in _NOT_RECIPE_KEYS.items():
+            if isinstance(cfg.get(section), dict):
+                cfg[section] = {k: v for k, v in cfg[section].items() if k not in keys}
+        return json.dumps(cfg, sort_keys=True, default=str)
 
     @property
     def model(self) -> str | None:
