@@ -193,9 +193,9 @@ def test_html_is_self_contained_with_valid_pngs(report) -> None:
     text = out.read_text(encoding="utf-8")
     page = _Collector()
     page.feed(text)
-    expected = {"accuracy_vs_sparsity", "test_accuracy", "train_loss", "layers_static",
-                "layers_rigl", "layers_evald", "mask_dynamics", "reliability_evald",
-                "candidates_evald"}
+    expected = {"accuracy_vs_sparsity", "accuracy_vs_cost", "test_accuracy", "train_loss",
+                "layers_static", "layers_rigl", "layers_evald", "mask_dynamics",
+                "reliability_evald", "candidates_evald"}
     assert {p.stem for p in result.figures} == expected
     assert len(page.imgs) == len(expected)
     prefix = "data:image/png;base64,"
@@ -255,8 +255,8 @@ def test_run_values_fall_back_and_survive_odd_types(tmp_path: Path) -> None:
     assert rows[0][1:] == ["—"] * 13
     assert "expected a mapping, got list" in str(load_run(odd).problems[0])
     figures = {build.__name__: len(build(runs)) for build in BUILDERS}  # none trips over them
-    assert figures == {"accuracy_vs_sparsity": 0, "training_curves": 2, "layer_densities": 0,
-                       "mask_dynamics": 0, "reliability": 0, "candidates": 0}
+    assert figures == {"accuracy_vs_sparsity": 0, "accuracy_vs_cost": 0, "training_curves": 2,
+                       "layer_densities": 0, "mask_dynamics": 0, "reliability": 0, "candidates": 0}
 
 
 def test_bad_arguments_and_missing_matplotlib(tmp_path: Path,
@@ -371,3 +371,10 @@ def test_method_labels_are_proper_names(method: str, sparsity: dict, label: str)
     from sparsetrain.report.runs import display_name
 
     assert display_name(method, sparsity) == label
+
+
+def test_pareto_front() -> None:
+    from sparsetrain.report.plots import pareto_front
+
+    pts = [(10.0, 80.0), (5.0, 70.0), (5.0, 75.0), (20.0, 79.0), (40.0, 85.0), (1.0, 60.0)]
+    assert pareto_front(pts) == [(1.0, 60.0), (5.0, 75.0), (10.0, 80.0), (40.0, 85.0)]

@@ -21,6 +21,7 @@ from sparsetrain.report.runs import Problem, Run, find_runs, num
 MISSING = "—"
 SECTIONS = (  # (plot section, heading)
     ("sparsity", "Accuracy vs sparsity"),
+    ("cost", "Accuracy vs cost"),
     ("curves", "Training curves"),
     ("layers", "Layer densities"),
     ("dynamics", "Mask dynamics"),

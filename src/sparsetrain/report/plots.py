@@ -88,6 +88,8 @@ class SeedGroup:
     density: float  # mean measured global density
     accs: tuple[float, ...]  # final test top-1 of each seed
     names: tuple[str, ...]
+    flops: float | None = None  # mean effective inference FLOPs (dense FLOPs for dense runs)
+    wall_s: float | None = None  # mean wall time
 
     @property
     def mean(self) -> float:
@@ -105,8 +107,67 @@ def seed_groups(runs: Sequence[Run]) -> list[SeedGroup]:
         if r.finished and r.density is not None and r.top1 is not None:
             by[r.recipe].append(r)
     out = [SeedGroup(rs[0].method or "?", sum(r.density for r in rs) / len(rs),
-                     tuple(r.top1 for r in rs), tuple(r.name for r in rs)) for rs in by.values()]
+                     tuple(r.top1 for r in rs), tuple(r.name for r in rs),
+                     _mean([_effective_flops(r) for r in rs]), _mean([r.wall_s for r in rs]))
+           for rs in by.values()]
     return sorted(out, key=lambda g: (g.label, g.density, g.names))
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    return sum(xs) / len(xs) if xs and all(x is not None for x in xs) else None  # type: ignore
+
+
+def _effective_flops(r: Run) -> float | None:
+    dense, sparse = r.flops
+    return sparse if sparse is not None else dense
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (cost, accuracy) points no other point beats with less or equal cost."""
+    front: list[tuple[float, float]] = []
+    for c, a in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or a > front[-1][1]:
+            front.append((c, a))
+    return front
+
+
+def accuracy_vs_cost(runs: Sequence[Run]) -> list[Plot]:
+    """Final top-1 against effective inference FLOPs and against wall time, one mark per
+    recipe (seeds grouped: mean, min-max bar), the Pareto front drawn as a step line."""
+    groups = seed_groups(runs)
+    panels = [(attr, xlabel, scale) for attr, xlabel, scale in (
+        ("flops", "effective inference FLOPs (M)", 1e-6), ("wall_s", "wall time (min)", 1 / 60))
+        if sum(getattr(g, attr) is not None for g in groups) >= 2]
+    if not panels:
+        return []
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    labels = sorted({g.label for g in groups if g.density < 1 - 1e-9})
+    colors = {lab: st["color"] for lab, st in zip(labels, _styles(len(labels)), strict=True)}
+    levels = sorted({round(1 - g.density, 2) for g in groups})
+    markers = {lv: "osD^v<>pP*"[i % 10] for i, lv in enumerate(levels)}  # one per sparsity
+    fig, axes = _figure(1, len(panels), size=(WIDTH * (1 + 0.55 * (len(panels) - 1)), HEIGHT))
+    for ax, (attr, xlabel, scale) in zip(axes[0], panels, strict=True):
+        pts = [(g, scale * getattr(g, attr)) for g in groups if getattr(g, attr) is not None]
+        for g, x in pts:
+            accs = [100 * a for a in g.accs]
+            m = 100 * g.mean
+            ax.errorbar([x], [m], yerr=[[m - min(accs)], [max(accs) - m]],
+                        fmt=markers[round(1 - g.density, 2)], color=colors.get(g.label, "k"),
+                        capsize=2, markersize=4,
+                        label=f"{g.label}, {100 * (1 - g.density):.0f}% sparse{_seeds(g)}")
+        front = pareto_front([(x, 100 * g.mean) for g, x in pts])
+        ax.step([c for c, _ in front], [a for _, a in front], where="post", color="0.4", lw=1,
+                ls=":", label="Pareto front")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("final test top-1 (%)")
+        ax.grid(alpha=0.3)
+    _legend(axes[0][-1], len(groups) + 1)
+    return [Plot("cost", "accuracy_vs_cost", "Accuracy vs cost (inference FLOPs, wall time)",
+                 _png(fig))]
 
 
 def accuracy_vs_sparsity(runs: Sequence[Run]) -> list[Plot]:
@@ -339,8 +400,8 @@ def candidates(runs: Sequence[Run]) -> list[Plot]:
 
 
 BUILDERS: tuple[Callable[[Sequence[Run]], list[Plot]], ...] = (
-    accuracy_vs_sparsity, training_curves, layer_densities, mask_dynamics, reliability,
-    candidates,
+    accuracy_vs_sparsity, accuracy_vs_cost, training_curves, layer_densities, mask_dynamics,
+    reliability, candidates,
 )
 
 
