@@ -378,3 +378,15 @@ def test_pareto_front() -> None:
 
     pts = [(10.0, 80.0), (5.0, 70.0), (5.0, 75.0), (20.0, 79.0), (40.0, 85.0), (1.0, 60.0)]
     assert pareto_front(pts) == [(1.0, 60.0), (5.0, 75.0), (10.0, 80.0), (40.0, 85.0)]
+
+
+def test_every_figure_is_also_an_svg(report) -> None:
+    import xml.etree.ElementTree as ET
+
+    result, _ = report
+    assert result.figures
+    for png in result.figures:
+        svg = png.with_suffix(".svg")
+        root = ET.fromstring(svg.read_bytes())
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert b"matplotlib.org" not in svg.read_bytes()  # no link out of the report

@@ -295,6 +295,8 @@ def build_report(run_dirs: Sequence[Path], out: Path) -> ReportResult:
         files.append(f"{fig_dir.name}/{name}.png")
         written.append(fig_dir / f"{name}.png")
         _write(written[-1], p.png)
+        if p.svg:  # the same figure as a vector file, for papers and slides
+            _write(fig_dir / f"{name}.svg", p.svg)
     _write(out, _render(runs, plots, files, problems, "html").encode("utf-8"))
     _write(md_path, _render(runs, plots, files, problems, "md").encode("utf-8"))
     return ReportResult(html=out, markdown=md_path, figures=written,

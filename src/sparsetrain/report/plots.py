@@ -30,6 +30,7 @@ class Plot:
     slug: str
     title: str
     png: bytes
+    svg: bytes = b""
 
 
 def require_matplotlib() -> None:
@@ -50,11 +51,13 @@ def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (WIDTH, 
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
 
 
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    # no "Software" text chunk: it holds a URL, and the report must reference no network
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    return buf.getvalue()
+def _images(fig: Any) -> tuple[bytes, bytes]:
+    """The figure as PNG (embedded in the page) and SVG (saved beside the PNG)."""
+    png, svg = io.BytesIO(), io.BytesIO()
+    # no "Software"/"Creator" entries: they hold a URL, and the report references no network
+    fig.savefig(png, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Creator": None, "Date": None})
+    return png.getvalue(), svg.getvalue()
 
 
 # Okabe & Ito's colour-blind-safe palette (black is kept for dense reference lines)
@@ -167,7 +170,7 @@ def accuracy_vs_cost(runs: Sequence[Run]) -> list[Plot]:
         ax.grid(alpha=0.3)
     _legend(axes[0][-1], len(groups) + 1)
     return [Plot("cost", "accuracy_vs_cost", "Accuracy vs cost (inference FLOPs, wall time)",
-                 _png(fig))]
+                 *_images(fig))]
 
 
 def accuracy_vs_sparsity(runs: Sequence[Run]) -> list[Plot]:
@@ -189,7 +192,7 @@ def accuracy_vs_sparsity(runs: Sequence[Run]) -> list[Plot]:
     title = ("Accuracy at " + f"{100 * levels[0]:g}% sparsity" if len(levels) == 1
              else "Accuracy vs sparsity") + (
         f" ({skipped} unfinished run(s) left out)" if skipped else "")
-    return [Plot("sparsity", "accuracy_vs_sparsity", title, _png(fig))]
+    return [Plot("sparsity", "accuracy_vs_sparsity", title, *_images(fig))]
 
 
 def _seeds(g: SeedGroup) -> str:
@@ -284,7 +287,7 @@ def training_curves(runs: Sequence[Run]) -> list[Plot]:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         _legend(ax, len(curves))
-        out.append(Plot("curves", stem, f"{label[0].upper()}{label[1:]} per epoch", _png(fig)))
+        out.append(Plot("curves", stem, f"{label[0].upper()}{label[1:]} per epoch", *_images(fig)))
     return out
 
 
@@ -309,7 +312,7 @@ def layer_densities(runs: Sequence[Run]) -> list[Plot]:
         ax.set_ylabel("density")
         ax.set_title(r.name, fontsize=9)
         out.append(Plot("layers", f"layers_{slug(r.name)}", f"Layer densities: {r.name}",
-                        _png(fig)))
+                        *_images(fig)))
     return out
 
 
@@ -335,7 +338,7 @@ def mask_dynamics(runs: Sequence[Run]) -> list[Plot]:
         ax.grid(alpha=0.3)
     axes[2, 0].set_xlabel("step")
     _legend(axes[0, 0], len(dyn))
-    return [Plot("dynamics", "mask_dynamics", "Mask dynamics", _png(fig))]
+    return [Plot("dynamics", "mask_dynamics", "Mask dynamics", *_images(fig))]
 
 
 def reliability(runs: Sequence[Run]) -> list[Plot]:
@@ -367,7 +370,7 @@ def reliability(runs: Sequence[Run]) -> list[Plot]:
         ax.set_title(f"{r.name}{ece}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left", frameon=False)
         out.append(Plot("reliability", f"reliability_{slug(r.name)}",
-                        f"Reliability: {r.name}", _png(fig)))
+                        f"Reliability: {r.name}", *_images(fig)))
     return out
 
 
@@ -395,7 +398,7 @@ def candidates(runs: Sequence[Run]) -> list[Plot]:
             ax2.set_ylabel("adaptive-BN score")
         fig.suptitle(f"{r.name}: {len(pts)} candidates", fontsize=9)
         out.append(Plot("candidates", f"candidates_{slug(r.name)}",
-                        f"EagleEye candidates: {r.name}", _png(fig)))
+                        f"EagleEye candidates: {r.name}", *_images(fig)))
     return out
 
 
