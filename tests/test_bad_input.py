@@ -242,6 +242,10 @@ CASES: list[tuple[str, list[str], str, Prep | None]] = [
      None),
     ("report-no-runs", ["report", "empty", "--out", "r.html"], "no runs found", None),
     ("report-out-markdown", [*REP, "--out", "r.md"], "HTML file path", None),
+    ("report-filter-form", [*REP, "--out", "r.html", "--filter", "method"], "key=pattern",
+     None),
+    ("report-filter-nothing", [*REP, "--out", "r.html", "--filter", "model=vgg*"],
+     "no run matches", None),
     # -- budget and list ------------------------------------------------------------------
     ("budget-density-zero", ["budget", "--model", "resnet20", "--density", "0"], "(0, 1]",
      None),

@@ -390,3 +390,26 @@ def test_every_figure_is_also_an_svg(report) -> None:
         root = ET.fromstring(svg.read_bytes())
         assert root.tag == "{http://www.w3.org/2000/svg}svg"
         assert b"matplotlib.org" not in svg.read_bytes()  # no link out of the report
+
+
+def test_filter_and_group_by(tmp_path: Path) -> None:
+    from sparsetrain.report.html import select_runs
+    from sparsetrain.report.plots import seed_groups
+
+    sp = {"method": "granet", "density": 0.1}
+    for name, seed, epochs, acc in (("a", 0, 3, 0.80), ("b", 1, 3, 0.82), ("c", 0, 6, 0.84)):
+        cfg = {**_config(name, sp), "seed": seed}
+        cfg["train"]["epochs"] = epochs
+        _write_run(tmp_path, name, cfg, _epochs([acc]), _summary(name, "granet", acc, 0.1))
+    _write_run(tmp_path, "g", _config("g", {"method": "gmp", "density": 0.1}), _epochs([0.7]),
+               _summary("g", "gmp", 0.7, 0.1))
+    runs, _ = find_runs([tmp_path])
+    assert sorted(g.n for g in seed_groups(select_runs(runs))) == [1, 1, 2]  # seeds only
+    merged = seed_groups(select_runs(runs, group_by=["method", "density"]))
+    assert sorted((g.label, g.n) for g in merged) == [("GMP", 1), ("GraNet", 3)]
+    assert [r.name for r in select_runs(runs, ["method=Gra*", "train.epochs=3"])] == ["a", "b"]
+    assert select_runs(runs, ["density=0.100", "name=g"])[0].name == "g"
+    with pytest.raises(UserError, match="key=pattern"):
+        select_runs(runs, ["method"])
+    with pytest.raises(UserError, match="no run matches"):
+        build_report([tmp_path], tmp_path.parent / "r.html", filters=["model=vgg*"])

@@ -151,7 +151,8 @@ def _cmd_oneshot(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from sparsetrain.report import build_report
 
-    res = build_report([Path(p) for p in args.run_dirs], Path(args.out))
+    res = build_report([Path(p) for p in args.run_dirs], Path(args.out),
+                       filters=args.filter or [], group_by=_names(args.group_by))
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {res.html} and {res.markdown} ({len(res.runs)} runs, "
@@ -347,11 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     os_.set_defaults(fn=_cmd_oneshot)
 
     rp = _sub(sub, "report", "an HTML + Markdown report of one or many runs",
-              "  sparsetrain report runs/sweep runs/lth --out report.html")
+              "  sparsetrain report runs/sweep runs/lth --out report.html\n"
+              "  sparsetrain report runs --filter density=0.1* --group-by method,density")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                     help="run directories, or folders of runs")
     rp.add_argument("--out", default="report.html",
                     help="HTML file (outside any run folder); the Markdown twin is <out>.md")
+    rp.add_argument("--filter", action="append", metavar="KEY=PATTERN",
+                    help="keep runs whose KEY matches PATTERN (fnmatch; repeatable): name, "
+                         "method, model, dataset, density, seed, budget, score or a dotted "
+                         "config key, e.g. --filter method=GraNet* --filter train.epochs=15")
+    rp.add_argument("--group-by", metavar="KEYS",
+                    help="comma-separated keys whose runs form one mark in the comparison "
+                         "figures (default: runs that differ only in seed), e.g. method,density")
     rp.set_defaults(fn=_cmd_report)
 
     pr = _sub(sub, "prune", "structured pruning (EagleEye)",

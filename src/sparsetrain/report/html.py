@@ -254,7 +254,28 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build_report(run_dirs: Sequence[Path], out: Path) -> ReportResult:
+def select_runs(runs: Sequence[Run], filters: Sequence[str] = (),
+                group_by: Sequence[str] = ()) -> list[Run]:
+    """``filters`` (``key=pattern``, fnmatch, all must match; see :meth:`Run.field_text`) keep
+    runs; ``group_by`` keys make the runs that share them one mark in the comparison figures
+    (default: runs that differ only in seed)."""
+    import fnmatch
+
+    parsed = []
+    for f in filters:
+        key, sep, pattern = f.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"report: --filter takes key=pattern, got {f!r}")
+        parsed.append((key.strip(), pattern))
+    kept = [r for r in runs if all(
+        (v := r.field_text(k)) is not None and fnmatch.fnmatchcase(v, p) for k, p in parsed)]
+    for r in kept:
+        r.group = "|".join(f"{k}={r.field_text(k)}" for k in group_by) if group_by else None
+    return kept
+
+
+def build_report(run_dirs: Sequence[Path], out: Path, *, filters: Sequence[str] = (),
+                 group_by: Sequence[str] = ()) -> ReportResult:
     """Write the report of ``run_dirs`` to ``out`` (HTML) and ``out.with_suffix(".md")``.
 
     A directory that holds run directories stands for them. Unreadable parts of runs, and
@@ -277,6 +298,9 @@ def build_report(run_dirs: Sequence[Path], out: Path) -> ReportResult:
     if not runs:
         raise UserError(f"report: no runs found in {', '.join(map(str, run_dirs[:3]))} (a run "
                         "folder holds config.yaml, metrics.jsonl or summary.json)")
+    runs = select_runs(runs, filters, group_by)
+    if not runs:
+        raise UserError(f"report: no run matches --filter {' '.join(filters)}")
     problems += [p for r in runs for p in r.problems]
     plots, errors = make_plots(runs)
     problems += [Problem("(report)", "figure", e) for e in errors]

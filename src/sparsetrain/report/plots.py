@@ -104,11 +104,12 @@ class SeedGroup:
 
 
 def seed_groups(runs: Sequence[Run]) -> list[SeedGroup]:
-    """Finished runs with a density and a final top-1, grouped by :attr:`Run.recipe`."""
+    """Finished runs with a density and a final top-1, grouped by :attr:`Run.mark` (the
+    recipe apart from its seed, or what ``report --group-by`` names)."""
     by: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         if r.finished and r.density is not None and r.top1 is not None:
-            by[r.recipe].append(r)
+            by[r.mark].append(r)
     out = [SeedGroup(rs[0].method or "?", sum(r.density for r in rs) / len(rs),
                      tuple(r.top1 for r in rs), tuple(r.name for r in rs),
                      _mean([_effective_flops(r) for r in rs]), _mean([r.wall_s for r in rs]))

@@ -105,6 +105,7 @@ class Run:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     correlation: dict[str, Any] | None = None
     problems: list[Problem] = field(default_factory=list)
+    group: str | None = None  # set by `report --group-by`: overrides :attr:`recipe` for marks
 
     def _last(self, key: str) -> float | None:
         """The latest value of ``key`` in the per-epoch metrics."""
@@ -134,6 +135,24 @@ class Run:
         if dig(self.config, "distill", "teachers"):
             label += " + KD"
         return label
+
+    def field_text(self, key: str) -> str | None:
+        """A value by name for ``report --filter``/``--group-by``: ``name``, ``method`` (the
+        proper name), ``model``, ``dataset``, ``density`` (3 decimals), ``seed``, ``budget``,
+        ``score``, or any dotted config key (``train.epochs``, ``sparsity.delta_t``)."""
+        if key in ("name", "method", "model", "dataset"):
+            return getattr(self, key)
+        if key == "density":
+            return None if self.density is None else f"{self.density:.3f}"
+        if key in ("budget", "score"):
+            key = f"sparsity.{key}"
+        value = dig(self.config, *key.split("."))
+        return None if value is None or isinstance(value, dict | list) else str(value)
+
+    @property
+    def mark(self) -> str:
+        """The key that puts runs into one mark of a comparison figure."""
+        return self.group if self.group is not None else self.recipe
 
     @property
     def recipe(self) -> str:
