@@ -413,3 +413,18 @@ def test_filter_and_group_by(tmp_path: Path) -> None:
         select_runs(runs, ["method"])
     with pytest.raises(UserError, match="no run matches"):
         build_report([tmp_path], tmp_path.parent / "r.html", filters=["model=vgg*"])
+
+
+def test_training_curves_of_seeds_are_one_line_with_a_band(tmp_path: Path) -> None:
+    from sparsetrain.report.plots import _curve_groups
+
+    sp = {"method": "rigl", "density": 0.1}
+    for seed, accs in ((0, [0.5, 0.7]), (1, [0.6, 0.8])):
+        _write_run(tmp_path, f"s{seed}", {**_config(f"s{seed}", sp), "seed": seed},
+                   _epochs(accs), _summary(f"s{seed}", "rigl", accs[-1], 0.1))
+    _write_run(tmp_path, "solo", _config("solo", {"method": "set", "density": 0.1}),
+               _epochs([0.4]))
+    groups = dict(_curve_groups(find_runs([tmp_path])[0], "test_acc"))
+    assert groups["RigL (n=2)"] == [(1, pytest.approx(0.55), 0.5, 0.6),
+                                    (2, pytest.approx(0.75), 0.7, 0.8)]
+    assert groups["solo"] == [(1, 0.4, 0.4, 0.4)]

@@ -267,13 +267,33 @@ def _sparsity_lines(sparse: Sequence[SeedGroup], dense: Sequence[SeedGroup],
     return fig
 
 
+def _curve_groups(runs: Sequence[Run], key: str
+                  ) -> list[tuple[str, list[tuple[float, float, float, float]]]]:
+    """Per-epoch curves of ``key``, one per mark (seeds of a recipe together): ``(label,
+    [(epoch, mean, min, max)])`` over the epochs every run of the group logged."""
+    by: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        if r.curve(key):
+            by[r.mark].append(r)
+    out = []
+    for rs in by.values():
+        curves = [dict(r.curve(key)) for r in rs]
+        epochs = sorted(set.intersection(*(set(c) for c in curves)))
+        pts = [(e, sum(c[e] for c in curves) / len(curves), min(c[e] for c in curves),
+                max(c[e] for c in curves)) for e in epochs]
+        label = rs[0].name if len(rs) == 1 else f"{rs[0].method or rs[0].name} (n={len(rs)})"
+        if pts:
+            out.append((label, pts))
+    return out
+
+
 def training_curves(runs: Sequence[Run]) -> list[Plot]:
-    """Test accuracy and training loss per epoch, all runs overlaid."""
+    """Test accuracy and training loss per epoch, overlaid: one line per run, or per group of
+    seeds of one recipe (their mean, with a min-max band)."""
     out = []
     for key, label, scale, stem in (("test_acc", "test top-1 (%)", 100.0, "test_accuracy"),
                                     ("train_loss", "training loss", 1.0, "train_loss")):
-        curves = [(r.name, r.curve(key)) for r in runs]
-        curves = [(n, c) for n, c in curves if c]
+        curves = _curve_groups(runs, key)
         if not curves:
             continue
         from matplotlib.ticker import MaxNLocator
@@ -281,8 +301,12 @@ def training_curves(runs: Sequence[Run]) -> list[Plot]:
         fig, axes = _figure()
         ax = axes[0, 0]
         for (name, c), style in zip(curves, _styles(len(curves)), strict=True):
-            ax.plot([e for e, _ in c], [scale * v for _, v in c], marker=".", markersize=3,
-                    label=name, **style)
+            ax.plot([e for e, *_ in c], [scale * v for _, v, _, _ in c], marker=".",
+                    markersize=3, label=name, **style)
+            if any(lo != hi for _, _, lo, hi in c):
+                ax.fill_between([e for e, *_ in c], [scale * lo for *_, lo, _ in c],
+                                [scale * hi for *_, hi in c], color=style["color"], alpha=0.2,
+                                lw=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
