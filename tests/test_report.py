@@ -428,3 +428,25 @@ def test_training_curves_of_seeds_are_one_line_with_a_band(tmp_path: Path) -> No
     assert groups["RigL (n=2)"] == [(1, pytest.approx(0.55), 0.5, 0.6),
                                     (2, pytest.approx(0.75), 0.7, 0.8)]
     assert groups["solo"] == [(1, 0.4, 0.4, 0.4)]
+
+
+def test_training_flops_integrate_the_masks_over_steps(tmp_path: Path) -> None:
+    """3 × forward FLOPs per image × images, with each layer scaled by its density between
+    mask updates (ResNet-20: 81,626,368 forward FLOPs per image, conv1 884,736)."""
+    from sparsetrain.report.plots import training_flops
+
+    total, conv1 = 81_626_368, 884_736
+    dense_cfg = _config("d")
+    dense_cfg["data"]["batch_size"] = 64
+    _write_run(tmp_path, "d", dense_cfg, _epochs([0.8]), _summary("d", "dense", 0.8, 1.0))
+    cfg = _config("g", {"method": "gmp", "density": 0.25})
+    cfg["data"]["batch_size"] = 64
+    ups = [{"event": "init", "step": 0, "layers": {"conv1.weight": 0.5}},
+           {"event": "update", "step": 100, "layers": {"conv1.weight": 0.25}}]
+    _write_run(tmp_path, "g", cfg, _epochs([0.8], mask_updates=ups),
+               _summary("g", "gmp", 0.8, 0.25))
+    runs = {r.name: r for r in find_runs([tmp_path])[0]}
+    # no mask updates logged: the summary's effective FLOPs (81.6 M in these summaries)
+    assert training_flops(runs["d"]) == 3 * 64 * 300 * 81_600_000
+    expected = 3 * 64 * (100 * (total - 0.5 * conv1) + 200 * (total - 0.75 * conv1))
+    assert training_flops(runs["g"]) == pytest.approx(expected)

@@ -9,7 +9,9 @@ caller's interactive backend is left alone. matplotlib is imported only when a f
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsetrain.errors import UserError
-from sparsetrain.report.runs import Run, num
+from sparsetrain.report.runs import Run, dig, num
 
 WIDTH, HEIGHT, DPI = 6.0, 3.5, 90
 
@@ -93,6 +95,7 @@ class SeedGroup:
     names: tuple[str, ...]
     flops: float | None = None  # mean effective inference FLOPs (dense FLOPs for dense runs)
     wall_s: float | None = None  # mean wall time
+    train_flops: float | None = None  # mean training FLOPs (:func:`training_flops`)
 
     @property
     def mean(self) -> float:
@@ -112,13 +115,69 @@ def seed_groups(runs: Sequence[Run]) -> list[SeedGroup]:
             by[r.mark].append(r)
     out = [SeedGroup(rs[0].method or "?", sum(r.density for r in rs) / len(rs),
                      tuple(r.top1 for r in rs), tuple(r.name for r in rs),
-                     _mean([_effective_flops(r) for r in rs]), _mean([r.wall_s for r in rs]))
+                     _mean([_effective_flops(r) for r in rs]), _mean([r.wall_s for r in rs]),
+                     _mean([training_flops(r) for r in rs]))
            for rs in by.values()]
     return sorted(out, key=lambda g: (g.label, g.density, g.names))
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs and all(x is not None for x in xs) else None  # type: ignore
+
+
+@functools.lru_cache(maxsize=32)
+def _layer_flops(model: str, kwargs_json: str, num_classes: int) -> dict[str, int]:
+    """Forward FLOPs per layer of a registered model for one image (built on the meta
+    device: no memory, no weights)."""
+    import torch
+
+    from sparsetrain.models import create_model
+    from sparsetrain.models.flops import layer_flops
+
+    with torch.device("meta"):
+        net = create_model(model, num_classes=num_classes, **json.loads(kwargs_json))
+    return layer_flops(net)
+
+
+def training_flops(r: Run) -> float | None:
+    """Training FLOPs as the RigL/GraNet papers count them: 3 × the forward FLOPs per image
+    (backward ≈ 2 × forward) at the masks in force, summed over every image trained. Masks
+    change at the logged mask updates (per-layer densities); a run that logged none trains at
+    its final effective FLOPs throughout. None when the model, batch size or steps are unknown."""
+    from sparsetrain.data import get_dataset_info
+    from sparsetrain.errors import UserError
+
+    steps = num(dig(r.summary, "steps")) or num(dig(r.metrics[-1] if r.metrics else None, "step"))
+    batch = num(dig(r.config, "data", "batch_size"))
+    model, dataset = dig(r.config, "model", "name"), dig(r.config, "data", "dataset")
+    if not steps or not batch or not isinstance(model, str) or not isinstance(dataset, str):
+        return None
+    try:
+        classes = get_dataset_info(dataset).num_classes
+        if classes is None:
+            return None
+        per_layer = _layer_flops(model, json.dumps(dig(r.config, "model", "kwargs") or {},
+                                                   sort_keys=True), classes)
+    except (UserError, TypeError, ValueError, RuntimeError):
+        return None
+    total = per_layer["total"]
+
+    def forward(layers: dict[str, float]) -> float:
+        return total - sum(per_layer.get(n.rpartition(".")[0], 0) * (1 - d)
+                           for n, d in layers.items() if isinstance(d, int | float))
+
+    updates = sorted((u["step"], u["layers"]) for m in r.metrics
+                     for u in (m.get("mask_updates") or []) if isinstance(u, dict)
+                     and isinstance(u.get("step"), int) and isinstance(u.get("layers"), dict))
+    if not updates:
+        per_image = _effective_flops(r) or total
+        return 3.0 * per_image * batch * steps
+    flops, (at, layers) = 0.0, (0, {})
+    for step, new in updates:
+        flops += (min(step, steps) - at) * forward(layers)
+        at, layers = min(step, steps), new
+    flops += (steps - at) * forward(layers)
+    return 3.0 * batch * flops
 
 
 def _effective_flops(r: Run) -> float | None:
@@ -136,11 +195,12 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def accuracy_vs_cost(runs: Sequence[Run]) -> list[Plot]:
-    """Final top-1 against effective inference FLOPs and against wall time, one mark per
-    recipe (seeds grouped: mean, min-max bar), the Pareto front drawn as a step line."""
+    """Final top-1 against effective inference FLOPs, training FLOPs and wall time, one mark
+    per recipe (seeds grouped: mean, min-max bar), the Pareto front drawn as a step line."""
     groups = seed_groups(runs)
     panels = [(attr, xlabel, scale) for attr, xlabel, scale in (
-        ("flops", "effective inference FLOPs (M)", 1e-6), ("wall_s", "wall time (min)", 1 / 60))
+        ("flops", "effective inference FLOPs (M)", 1e-6),
+        ("train_flops", "training FLOPs (×10¹⁵)", 1e-15), ("wall_s", "wall time (min)", 1 / 60))
         if sum(getattr(g, attr) is not None for g in groups) >= 2]
     if not panels:
         return []
@@ -170,7 +230,8 @@ def accuracy_vs_cost(runs: Sequence[Run]) -> list[Plot]:
         ax.set_ylabel("final test top-1 (%)")
         ax.grid(alpha=0.3)
     _legend(axes[0][-1], len(groups) + 1)
-    return [Plot("cost", "accuracy_vs_cost", "Accuracy vs cost (inference FLOPs, wall time)",
+    return [Plot("cost", "accuracy_vs_cost", "Accuracy vs cost (inference FLOPs, training "
+                 "FLOPs, wall time)",
                  *_images(fig))]
 
 
