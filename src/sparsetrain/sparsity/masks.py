@@ -24,6 +24,9 @@ from sparsetrain.errors import UserError
 MASK_SUFFIX = "_mask"
 
 
+_CONV = nn.Conv1d | nn.Conv2d | nn.Conv3d
+
+
 def prunable_parameters(
     model: nn.Module,
     *,
@@ -34,19 +37,20 @@ def prunable_parameters(
 ) -> list[str]:
     """Names of the weights to mask, in network order.
 
-    Default: every Conv2d and Linear ``weight`` (first conv and classifier included). The first
-    conv is the first Conv2d registered, the classifier the last Linear. ``include`` replaces the
-    default set by the parameters whose names match any of the fnmatch patterns; ``exclude``
-    removes matches.
+    Default: every Conv1d/2d/3d and Linear ``weight`` (first conv and classifier included).
+    The first conv is the first convolution registered, the classifier the last Linear.
+    ``include`` replaces the default set by the parameters whose names match any of the fnmatch
+    patterns (e.g. ``["*.in_proj_weight", "*.out_proj.weight"]`` for the projections of
+    ``nn.MultiheadAttention``); ``exclude`` removes matches.
     """
-    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    layers = [n for n, m in model.named_modules() if isinstance(m, _CONV | nn.Linear)]
     names = [f"{n}.weight" for n in layers]
     if include:
         all_names = [n for n, _ in model.named_parameters()]
         names = [n for n in all_names if any(fnmatch.fnmatchcase(n, p) for p in include)]
         if not names:
             raise UserError(f"sparsity include patterns {list(include)} match no parameter")
-    convs = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, _CONV)]
     fcs = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     drop = set()
     if dense_first and convs:

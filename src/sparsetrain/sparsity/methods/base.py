@@ -96,7 +96,7 @@ class SparsityMethod(Callback):
 
     # -- hooks for subclasses -----------------------------------------------------------
     def select_parameters(self, model: nn.Module, **options: Any) -> list[str]:
-        """Names of the weights this method masks (default: Conv2d/Linear weights)."""
+        """Names of the weights this method masks (default: Conv1d/2d/3d and Linear weights)."""
         return prunable_parameters(model, **options)
 
     def initial_masks(self, batches: Batches | None) -> Mapping[str, torch.Tensor] | None:

@@ -57,7 +57,9 @@ class _Scheduled(SparsityMethod):
         self._grads: dict[str, torch.Tensor] = {}
         if self.total_steps is not None and self.steps_per_epoch is not None:
             self.resolve(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
-        else:
+        elif optimizer is not None:  # a method for a real loop: fail now, not at step 1
+            self._require_lengths()
+        else:  # validating a recipe (no optimizer yet)
             with warnings.catch_warnings():  # validate the times with placeholder lengths
                 warnings.simplefilter("ignore")
                 self.resolve(steps_per_epoch=10, total_steps=1000)
@@ -75,7 +77,9 @@ class _Scheduled(SparsityMethod):
 
     def _require_lengths(self) -> None:
         if self.total_steps is None or self.steps_per_epoch is None:
-            raise UserError(f"method {self.method_name!r} needs total_steps and steps_per_epoch")
+            raise UserError(f"method {self.method_name!r} needs total_steps and steps_per_epoch "
+                            "(its schedule is in steps: e.g. total_steps=epochs * len(loader), "
+                            "steps_per_epoch=len(loader))")
 
     def random_erk(self, density: float) -> dict[str, torch.Tensor]:
         """Uniformly random masks with ERK layer densities (the sparse starting point)."""
