@@ -117,6 +117,42 @@ def load_state(model: nn.Module, state: Any, path: str | Path = "checkpoint") ->
             from None
 
 
+_PREFIXES = ("module.", "_orig_mod.", "model.")  # DDP, torch.compile, Lightning
+
+
+def foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights in a file written elsewhere: a plain ``state_dict``, or a checkpoint dict
+    holding one under ``state_dict``/``model``/``model_state_dict``/``net`` (torchvision,
+    timm, Lightning, sparsetrain). Loaded with ``weights_only=True``; wrapper prefixes
+    (``module.``, ``_orig_mod.``, Lightning's ``model.``) and sparsetrain's mask buffers are
+    removed. A file that holds no tensors by name is a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model.init_from: weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model.init_from: {path} is corrupt or unreadable: {first}") from None
+    for key in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise UserError(f"model.init_from: {path} holds no state dict (tensors by name)")
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return {k: v for k, v in obj.items() if not k.endswith("_mask")}
+
+
+def init_from(model: nn.Module, path: str | Path) -> None:
+    """Load foreign weights into a freshly built model (before any masks exist); a mismatch
+    names the first missing/unexpected/other-shape keys in one line."""
+    load_state(model, foreign_state_dict(path), f"model.init_from {path}")
+
+
 def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Any:
     """The validated run config a model checkpoint was trained with; a dict that only looks
     like a checkpoint (no config, no class list, a config of an unknown model) is a

@@ -49,6 +49,9 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "resnet20"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # start from these weights (a plain state_dict, a {"state_dict": ...} / {"model": ...}
+    # checkpoint of torchvision, timm, Lightning or sparsetrain; "module." prefixes handled)
+    init_from: str | None = None
 
 
 class TrainConfig(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sparsetrain.callbacks import Callback
 from sparsetrain.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_write_bytes,
+    init_from,
     load_checkpoint,
     load_state,
     rng_state,
@@ -175,7 +177,7 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
 def check_config(cfg: RunConfig) -> None:
     """Cheap checks of names and paths, before any data is decoded."""
     info = model_info(cfg.model.name)
-    get_dataset_info(cfg.data.dataset)
+    classes = get_dataset_info(cfg.data.dataset).num_classes or info.default_num_classes
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and cfg.data.batch_size % world:
         raise UserError(f"data.batch_size {cfg.data.batch_size} is the global batch and must be "
@@ -188,8 +190,11 @@ def check_config(cfg: RunConfig) -> None:
     if "tensorboard" in cfg.train.log:
         require_tensorboard()
     with torch.device("meta"):  # validates model kwargs and sparsity options, allocates nothing
-        model = create_model(cfg.model.name, num_classes=info.default_num_classes,
-                             **cfg.model.kwargs)
+        model = create_model(cfg.model.name, num_classes=classes, **cfg.model.kwargs)
+        if cfg.model.init_from:  # the weights fit the model (shapes only: nothing is copied)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op"
+                init_from(model, cfg.model.init_from)
         build_method(cfg, model, None)
 
 
@@ -323,6 +328,8 @@ def build(cfg: RunConfig, device: torch.device, ctx: DistContext | None = None) 
         data = load_data(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, data.num_classes)
+    if cfg.model.init_from:  # pretrained weights (a resumed run loads its own afterwards)
+        init_from(model, cfg.model.init_from)
     if ctx.enabled and cfg.train.sync_bn:
         model = convert_sync_batchnorm(model, device)
     fp64 = resolve_precision(cfg.train.precision, device) == "fp64"
