@@ -48,3 +48,35 @@ def test_guarded_backward_runs_in_channels_last_fp32() -> None:
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
+
+
+def test_eight_inputs_are_guarded_too() -> None:
+    """oneDNN's AVX-512 kernel blocks channels by 16 (cin 8, 12, 15 fail there)."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2), nn.Conv2d(16, 16, 1, stride=2))
+    assert guard_strided_pointwise(model) == 1
+    assert type(model[0]) is SubsampledPointwiseConv2d and type(model[1]) is nn.Conv2d
+
+
+def test_guarded_weight_gradient_is_right_with_two_threads() -> None:
+    """With two threads the unguarded kernel gives silently wrong weight gradients (or hangs):
+    the guarded layer's gradient must match an fp64 reference."""
+    code = textwrap.dedent("""
+        import torch
+        from sparsetrain.models.pointwise import guard_strided_pointwise
+        torch.set_num_threads(2)
+        torch.manual_seed(0)
+        for cin in (2, 3, 6, 7, 8, 12):
+            conv = torch.nn.Sequential(torch.nn.Conv2d(cin, 32, 1, stride=2, bias=False))
+            ref = torch.nn.Conv2d(cin, 32, 1, stride=2, bias=False).double()
+            ref.weight.data.copy_(conv[0].weight.data)
+            guard_strided_pointwise(conv)
+            conv = conv.to(memory_format=torch.channels_last)
+            x = torch.randn(64, cin, 32, 32)
+            conv(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+            ref(x.double()).square().sum().backward()
+            err = (conv[0].weight.grad.double() - ref.weight.grad).abs().max()
+            assert err <= 1e-4 * ref.weight.grad.abs().max(), (cin, float(err))
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]

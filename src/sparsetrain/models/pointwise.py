@@ -1,13 +1,15 @@
 """A guard for strided 1×1 convolutions with few input channels (a oneDNN bug).
 
-With PyTorch 2.13's CPU build on an AVX2-only AMD EPYC (family 25, no AVX-512: the machine of
-session 5), the fp32 backward of a 1×1 convolution with stride 2 and fewer than 8 input
-channels in channels-last format corrupts the heap
-(``double free or corruption`` / ``free(): invalid next size``, the process aborts). Such
-convolutions appear in channel-pruned ResNets (an EagleEye candidate can keep 3-7 channels of
-a stage, which feed the next stage's strided shortcut). Measured: cin 3-7 abort, cin 8-40 and
-bf16 autocast do not; contiguous (NCHW) format does not. Reproduce with one layer:
-``Conv2d(6, 32, 1, stride=2)`` in channels-last on a [64, 6, 32, 32] input, ``.sum().backward()``.
+PyTorch 2.13's CPU build bundles oneDNN 3.12, whose 1×1 convolution *backward_weights* kernel
+for a channels-last fp32 input with stride != 1 and fewer input channels than its channel block
+(8 on AVX2, 16 on AVX-512) writes past its per-thread workspace (oneDNN issue #6035). Measured
+on an AVX2-only AMD EPYC (family 25, session 5), one layer ``Conv2d(cin, 32, 1, stride=2)`` on a
+[64, cin, 32, 32] channels-last input, ``.sum().backward()``: cin 2-7 abort the process with one
+thread (``double free or corruption``); with two threads they give silently wrong weight
+gradients (relative error 0.7-1.0) or hang; cin 1 and 8-40, bf16 autocast, NCHW and stride 1 are
+fine; strides (1, 2) and 4 are affected too. The issue reports cin 8, 12 and 15 failing on
+AVX-512. Such layers appear in channel-pruned ResNets (an EagleEye candidate can keep a few
+channels of a stage, which feed the next stage's strided shortcut).
 
 A 1×1 convolution with stride s and no padding reads only every s-th pixel, so it equals a
 stride-1 convolution of ``x[..., ::s, ::s]``: the same numbers, and a kernel that works.
@@ -34,7 +36,7 @@ class SubsampledPointwiseConv2d(nn.Conv2d):
 
 def _affected(m: nn.Module) -> bool:
     return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.padding == (0, 0)
-            and m.stride != (1, 1) and m.padding_mode == "zeros" and m.in_channels % 8 != 0)
+            and m.stride != (1, 1) and m.padding_mode == "zeros" and m.in_channels % 16 != 0)
 
 
 def guard_strided_pointwise(model: nn.Module) -> int:
