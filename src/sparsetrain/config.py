@@ -125,6 +125,9 @@ class SparsityConfig(_Section):
     update_fraction_min: float | None = Field(None, ge=0, le=1)  # GraNet r_min (0.005)
     pruning: Literal["global", "layerwise"] | None = None  # GMP/GraNet threshold (global)
     regrow_after_prune_end: bool | None = None  # GraNet keeps regenerating after t_f (true)
+    # GraNet: a weight pruned and regrown in one update restarts at zero ("zero", official) or
+    # keeps its value and momentum ("keep", an ablation)
+    revive: Literal["zero", "keep"] | None = None
 
     @model_validator(mode="after")
     def _density_given(self) -> SparsityConfig:

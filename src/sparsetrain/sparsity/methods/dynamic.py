@@ -5,12 +5,17 @@
   pruning step (and every ΔT after t_f), per layer drop ceil(r_t·active) smallest |w| and regrow
   as many where the dense gradient is largest; ``initial_density=0.5`` gives GraNet-ST.
 - ``set`` (Mocanu et al. 2018) / ``rigl`` (Evci et al. 2020): fixed density from an ERK mask;
-  every ΔT steps until T_end drop α_t·active smallest |w| per layer and regrow as many, at random
-  (SET) or where the dense gradient is largest (RigL).
+  every ΔT steps until T_end drop floor(α_t·active) smallest |w| per layer and regrow as many,
+  at random (SET) or where the dense gradient is largest (RigL). The official RigL code also
+  skips the SGD step on mask-update steps; sparsetrain takes it (one step in ΔT = 100 differs).
 
 Every drop/grow keeps each layer's active count; grown connections start at 0 with zero
-optimizer state (they were masked); a connection dropped and regrown in one update keeps its
-value. Randomness comes only from the method's generator.
+optimizer state (they were masked); a connection dropped and regrown in one drop/grow keeps its
+value. At a GraNet pruning step the GMP mask is applied *before* regrowth, as the official code
+does (``pruning()`` ends in ``apply_mask()``), so a weight GMP prunes and regrowth revives in the
+same update restarts at zero with zero momentum (``revive="keep"`` keeps its old value and
+state instead, sparsetrain's behaviour before 0.2; an ablation, not a recommended setting).
+Randomness comes only from the method's generator.
 """
 
 from __future__ import annotations
@@ -172,10 +177,14 @@ class GraNet(GMP):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  update_fraction: float | None = None, update_fraction_min: float | None = None,
-                 regrow_after_prune_end: bool | None = None, **kw: Any) -> None:
+                 regrow_after_prune_end: bool | None = None, revive: str | None = None,
+                 **kw: Any) -> None:
         self.r_0 = 0.5 if update_fraction is None else update_fraction
         self.r_min = 0.005 if update_fraction_min is None else update_fraction_min
         self.regrow_after = True if regrow_after_prune_end is None else regrow_after_prune_end
+        self.revive = revive or "zero"
+        if self.revive not in ("zero", "keep"):
+            raise UserError(f"revive must be 'zero' (official GraNet) or 'keep', got {revive!r}")
         super().__init__(model, optimizer, **kw)
 
     def resolve(self, *, steps_per_epoch: int, total_steps: int) -> None:
@@ -188,8 +197,25 @@ class GraNet(GMP):
         return c.is_update(step) or after
 
     def update_masks(self, step: int) -> Mapping[str, torch.Tensor] | None:
-        masks = self.prune(step) if self.cubic.is_update(step) else dict(self.masks.masks)
+        if not self.cubic.is_update(step):
+            return self.regrow(dict(self.masks.masks), self.decay(step), by_gradient=True)
+        masks = self.prune(step)
+        if self.revive == "zero":  # official: apply the GMP mask, then regrow
+            self.zero_pruned(masks)
         return self.regrow(masks, self.decay(step), by_gradient=True)
+
+    @torch.no_grad()
+    def zero_pruned(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Zero the weights (and their same-shaped optimizer state) that ``masks`` prunes,
+        leaving the installed masks alone so the update's drop/grow counts stay exact."""
+        for n, m in masks.items():
+            p = self.masks.params[n]
+            keep = m.to(p.dtype)
+            p.mul_(keep)
+            if self.optimizer is not None:
+                for v in self.optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        v.mul_(keep.to(v.dtype))
 
 
 @register_method
@@ -218,8 +244,10 @@ class SET(_Scheduled):
         return step < self.stop and step % self.delta_t == 0
 
     def update_masks(self, step: int) -> Mapping[str, torch.Tensor] | None:
+        # floor(α_t · active) as the official RigL code (int cast of the product); RigL's
+        # recipes also keep the stem dense and outside the budget (sparsity.dense_first)
         return self.regrow(dict(self.masks.masks), self.decay(step),
-                           by_gradient=self.grow_by_gradient, rounding=round)
+                           by_gradient=self.grow_by_gradient, rounding=math.floor)
 
 
 @register_method
