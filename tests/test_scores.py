@@ -232,8 +232,9 @@ def test_class_balanced_batch_takes_first_per_class_and_stops() -> None:
         raise AssertionError("read past the point where every class was full")
 
     x, y = class_balanced_batch(stream(), num_classes=3, per_class=2)
-    assert x.flatten().tolist() == [0, 1, 2, 4, 5, 6]  # 3 is a third 0; 7-9 come after full
-    assert y.tolist() == [0, 0, 1, 2, 1, 2]
+    # class by class, as the official GraSP_fetch_data: 3 is a third 0; 7-9 come after full
+    assert x.flatten().tolist() == [0, 1, 2, 5, 4, 6]
+    assert y.tolist() == [0, 0, 1, 1, 2, 2]
 
 
 def test_grasp_equals_w_times_explicit_hessian_gradient() -> None:
@@ -257,12 +258,61 @@ def test_grasp_equals_w_times_explicit_hessian_gradient() -> None:
     grad = torch.autograd.functional.jacobian(loss_of, theta)
     expected = (theta * (hess @ grad)).float()
     tol = dict(rtol=1e-5, atol=1e-6 * expected.abs().max().item())
-    got = grasp(net, names, [(x, y)], generator=_gen())  # 3 classes inferred from the last Linear
+    one = dict(halves=False, reinit_classifier=False)  # the formula alone, on one batch
+    got = grasp(net, names, [(x, y)], generator=_gen(), **one)  # 3 classes from the last Linear
     torch.testing.assert_close(torch.cat([got[n].flatten() for n in names]), expected, **tol)
     # Split over two batches, the class-balanced sampler gathers the same six samples.
     split = [(x[:4], y[:4]), (x[4:], y[4:])]
-    got2 = grasp(net, names, split, generator=_gen(), num_classes=3, per_class=2)
+    got2 = grasp(net, names, split, generator=_gen(), num_classes=3, per_class=2, **one)
     torch.testing.assert_close(torch.cat([got2[n].flatten() for n in names]), expected, **tol)
+
+
+def test_grasp_official_two_half_batches_and_xavier_classifier() -> None:
+    """Two-class toy with BatchNorm: the official GraSP orders the class-balanced batch by class,
+    splits it in halves (each its own forward, so its own BN batch statistics), sums g and Hg
+    over the halves, and scores a copy whose Linear weights are re-drawn Xavier-normal."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(3, 4, bias=False), nn.BatchNorm1d(4), nn.Tanh(),
+                        nn.Linear(4, 2)).double()
+    names = ["0.weight", "3.weight"]
+    g = _gen(7)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0])
+    state = copy.deepcopy(net.state_dict())
+    # hand computation: class order -> halves = class 0's and class 1's first 3 samples
+    order = [i for c in (0, 1) for i in [j for j in range(8) if y[j] == c][:3]]
+    halves = [(x[order[:3]], y[order[:3]]), (x[order[3:]], y[order[3:]])]
+    redraw = _gen(9)
+    theta = {}
+    for n in names:  # every nn.Linear is re-drawn (here both layers), in module order
+        w = torch.empty(net.get_parameter(n).shape)
+        nn.init.xavier_normal_(w, generator=redraw)
+        theta[n] = w.double()
+    fixed = {n: p.detach() for n, p in net.named_parameters() if n not in names}
+    shapes = [theta[n].shape for n in names]
+    flat0 = torch.cat([theta[n].flatten() for n in names])
+
+    def half_loss(xh, yh):
+        def loss_of(flat: torch.Tensor) -> torch.Tensor:
+            parts = flat.split([s.numel() for s in shapes])
+            weights = {n: p.view(s) for n, p, s in zip(names, parts, shapes, strict=True)}
+            params = {**fixed, **weights, **{k: v.clone() for k, v in net.named_buffers()}}
+            logits = torch.func.functional_call(net, params, (xh,))  # train mode: batch stats
+            return F.cross_entropy(logits / 200.0, yh)
+        return loss_of
+
+    grad = sum(torch.autograd.functional.jacobian(half_loss(*h), flat0) for h in halves)
+    hg = sum(torch.autograd.functional.hessian(half_loss(*h), flat0) @ grad for h in halves)
+    expected = (flat0 * hg).float()
+    got = grasp(net, names, [(x, y)], generator=_gen(9), per_class=3)
+    got = torch.cat([got[n].flatten() for n in names])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+    # one batch (BN statistics over all six samples) gives a different score
+    whole = grasp(net, names, [(x, y)], generator=_gen(9), per_class=3, halves=False)
+    assert not torch.allclose(torch.cat([whole[n].flatten() for n in names]), got, rtol=1e-3)
+    # the model is untouched (weights and BN running statistics)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
 
 
 # --------------------------------------------------------------------------- SynFlow
@@ -414,10 +464,24 @@ def test_ratio_densities_total_reinit_and_rng(kind: str) -> None:
     sizes = {n: net.get_parameter(n).numel() for n in TINY_NAMES}
     assert list(dens) == TINY_NAMES
     assert sum(round(d * sizes[n]) for n, d in dens.items()) == 84  # round(0.2 * 420)
-    # Scored on a re-initialized copy: the model's own weights do not matter.
+    # Official Random_Pruning: SNIP-ratio scores a copy with Xavier-normal conv/linear weights
+    # (the model's own weights do not matter), GraSP-ratio scores the model as it is.
     scaled = copy.deepcopy(net)
     with torch.no_grad():
-        for p in scaled.parameters():
-            p.mul_(-3.0)
+        for n in TINY_NAMES:
+            scaled.get_parameter(n).mul_(-3.0)
     again = ratio_densities(kind, scaled, TINY_NAMES, batches, density=0.2, generator=_gen(11))
-    assert again == dens
+    assert (again == dens) == (kind == "snip")
+    if kind == "snip":
+        redrawn = copy.deepcopy(net)
+        draws = _gen(11)
+        with torch.no_grad():
+            for m in redrawn.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_normal_(m.weight, generator=draws)
+        scores = snip(redrawn, TINY_NAMES, batches, generator=_gen())
+        assert dens == densities_of(global_masks(scores, 0.2))
+    else:
+        scores = grasp(net, TINY_NAMES, batches, generator=_gen(), per_class=25,
+                       reinit_classifier=False)
+        assert dens == densities_of(global_masks(scores, 0.2))

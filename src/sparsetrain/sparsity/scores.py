@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from sparsetrain.distributed import mean_across_ranks
 from sparsetrain.errors import UserError
-from sparsetrain.models import init_weights
 from sparsetrain.sparsity.topk import _check_density, densities_of, global_masks
 
 __all__ = [
@@ -174,30 +173,47 @@ def snip(
 def class_balanced_batch(
     batches: Batches, num_classes: int, per_class: int = 10
 ) -> tuple[Tensor, Tensor]:
-    """The first ``per_class`` samples of each class, in stream order (GraSP's sampling).
+    """The first ``per_class`` samples of each class in stream order, concatenated class by
+    class (class 0's samples first), as GraSP's ``GraSP_fetch_data`` returns them; the order
+    matters because GraSP splits this batch into two halves.
 
     Stops reading as soon as every class is full; classes with fewer samples give what they have.
     """
     if num_classes < 1 or per_class < 1:
         raise UserError(f"num_classes and per_class must be >= 1, got {num_classes}, {per_class}")
-    counts = [0] * num_classes
-    xs: list[Tensor] = []
-    ys: list[Tensor] = []
+    xs: list[list[Tensor]] = [[] for _ in range(num_classes)]
     for x, y in batches:
-        take = []
         for i, label in enumerate(y.tolist()):
-            if 0 <= label < num_classes and counts[label] < per_class:
-                counts[label] += 1
-                take.append(i)
-        if take:
-            idx = torch.tensor(take, device=y.device)
-            xs.append(x[idx])
-            ys.append(y[idx])
-        if min(counts) >= per_class:
+            if 0 <= label < num_classes and len(xs[label]) < per_class:
+                xs[label].append(x[i])
+        if min(len(c) for c in xs) >= per_class:
             break
-    if not xs:
+    labels = [torch.full((len(c),), k, dtype=torch.long) for k, c in enumerate(xs)]
+    if not any(xs):
         raise UserError("class_balanced_batch: the batches hold no sample with a valid label")
-    return torch.cat(xs), torch.cat(ys)
+    x = torch.stack([s for c in xs for s in c])
+    return x, torch.cat(labels).to(x.device)
+
+
+def _halves(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """GraSP's two halves ``[:N//2]`` and ``[N//2:]`` (each a forward with its own BN
+    statistics); a batch of one sample stays whole."""
+    n = x.shape[0] // 2
+    return [(x, y)] if n == 0 else [(x[:n], y[:n]), (x[n:], y[n:])]
+
+
+@torch.no_grad()
+def _xavier_copy(model: nn.Module, types: tuple[type[nn.Module], ...],
+                 generator: torch.Generator) -> nn.Module:
+    """A deep copy whose ``types`` layers get Xavier-normal weights drawn from ``generator`` in
+    module order (the official SNIP/GraSP re-draw their scoring copy this way)."""
+    net = copy.deepcopy(model)
+    for m in net.modules():
+        if isinstance(m, types):
+            w = torch.empty(m.weight.shape, dtype=torch.float32)
+            nn.init.xavier_normal_(w, generator=generator)
+            m.weight.copy_(w)
+    return net
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -210,7 +226,8 @@ def _num_classes(model: nn.Module) -> int:
 def grasp(
     model: nn.Module, names: Sequence[str], batches: Batches | None, *,
     generator: torch.Generator, density: float = 1.0, temperature: float = 200.0,
-    num_classes: int | None = None, per_class: int | None = 10,
+    num_classes: int | None = None, per_class: int | None = 10, halves: bool = True,
+    reinit_classifier: bool = True,
 ) -> dict[str, Tensor]:
     """GraSP keep-score w * (H g) (Wang et al., ICLR 2020, Eq. 8 with the sign flipped).
 
@@ -218,26 +235,33 @@ def grasp(
     the loss on logits / ``temperature``; ``H g`` a Hessian-vector product by double backprop.
     With ``per_class`` set, the data is one class-balanced batch (``num_classes`` inferred from
     the last nn.Linear when not given); ``per_class=None`` uses the batches as given.
+    As the official code: the class-ordered batch is split into two halves (``halves``), each a
+    separate forward with its own BN statistics, g and Hg summed over them; and the scoring copy's
+    nn.Linear weights are re-drawn Xavier-normal from ``generator`` (``reinit_classifier``), so the
+    classifier's scores use the re-drawn weights. The model itself is never changed.
     """
     params = _params(model, names)
     if batches is None:
         raise UserError("the grasp score needs data batches, got None")
     if per_class is not None:
         n_cls = _num_classes(model) if num_classes is None else num_classes
-        batches = [class_balanced_batch(batches, n_cls, per_class)]
+        x, y = class_balanced_batch(batches, n_cls, per_class)
+        batches = _halves(x, y) if halves else [(x, y)]
     else:
         batches = list(batches)
-    g = _loss_grad(model, params, batches, "grasp", temperature)  # stopped: a constant vector
-    hg = [torch.zeros_like(p) for p in params]
-    with _untouched(model, params):
-        for x, y in _data(batches, "grasp", params[0].device):
-            loss = F.cross_entropy(model(x) / temperature, y)
-            dl = _grad(loss, params, create_graph=True)
+    net = _xavier_copy(model, (nn.Linear,), generator) if reinit_classifier else model
+    weights = _params(net, names)
+    g = _loss_grad(net, weights, batches, "grasp", temperature)  # stopped: a constant vector
+    hg = [torch.zeros_like(p) for p in weights]
+    with _untouched(net, weights):
+        for xb, yb in _data(batches, "grasp", weights[0].device):
+            loss = F.cross_entropy(net(xb) / temperature, yb)
+            dl = _grad(loss, weights, create_graph=True)
             z = sum((gi * di).sum() for gi, di in zip(g, dl, strict=True))
-            for acc, h in zip(hg, _grad(z, params), strict=True):
+            for acc, h in zip(hg, _grad(z, weights), strict=True):
                 acc.add_(h)
     mean_across_ranks(hg)
-    return _result(names, params, [p.detach() * h for p, h in zip(params, hg, strict=True)])
+    return _result(names, params, [w.detach() * h for w, h in zip(weights, hg, strict=True)])
 
 
 def _linearized(model: nn.Module, names: Sequence[str]) -> tuple[nn.Module, list[Tensor]]:
@@ -320,29 +344,20 @@ def ratio_densities(
 ) -> dict[str, float]:
     """Per-layer densities of SNIP-ratio / GraSP-ratio (Liu et al., ICLR 2022, Sec. 4).
 
-    Scores a deep copy re-initialized by each module's ``reset_parameters()`` (then, for models
-    of the zoo, by the zoo's own initialization, as the paper re-draws its init) (under a forked
-    torch RNG seeded from ``generator``; the caller's global RNG state is untouched), takes one
-    global top-k at ``density`` and returns each layer's kept fraction. The caller then draws
-    random masks with these densities.
+    As the official Random_Pruning code: SNIP-ratio scores a copy whose Conv2d/Linear weights are
+    re-drawn Xavier-normal (from ``generator``); GraSP-ratio scores the model as it is (its GraSP
+    has no re-draw) with 25 samples per class in two class-split halves, temperature 200. One
+    global top-k at ``density``; returns each layer's kept fraction (the caller then draws random
+    masks with these densities). The caller's global RNG state and the model are untouched.
     """
     if kind not in ("snip", "grasp"):
         raise UserError(f"unknown ratio kind {kind!r}; valid kinds: grasp, snip")
     density = _check_density(density, f"{kind}_ratio density", allow_zero=False)
     _params(model, names)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    cuda = _cuda_indices(model)
-    net = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
-        for index in cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
-        with torch.no_grad():
-            for m in net.modules():
-                reset = getattr(m, "reset_parameters", None)
-                if callable(reset):
-                    reset()
-            if getattr(net, "arch_name", None) is not None:  # a zoo model: its own init
-                init_weights(net)
-    scores = SCORES[kind](net, names, batches, generator=generator, density=density)
+    if kind == "snip":
+        net = _xavier_copy(model, (nn.Conv2d, nn.Linear), generator)
+        scores = snip(net, names, batches, generator=generator, density=density)
+    else:
+        scores = grasp(model, names, batches, generator=generator, density=density,
+                       per_class=25, reinit_classifier=False)
     return densities_of(global_masks(scores, density))
