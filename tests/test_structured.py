@@ -335,7 +335,7 @@ def _strip(lines):
 def test_search_is_deterministic_and_resumable(tmp_path):
     m = _model("resnet20")
     train_b, held_b = _search_data()
-    kw = dict(candidates=6, abn_batches=2, seed=3, progress=False)
+    kw = dict(candidates=6, abn_batches=2, seed=3, progress=False, vanilla=True)
     fresh = eagleeye_search(m, train_b, held_b, tmp_path / "fresh", **kw)
     assert len(fresh.candidates) == 6
     first = eagleeye_search(m, train_b, held_b, tmp_path / "resumed", **{**kw, "candidates": 4})
@@ -367,7 +367,7 @@ def test_search_candidates_reproduce_from_their_record(tmp_path):
     m = _model("resnet20")
     train_b, held_b = _search_data()
     res = eagleeye_search(m, train_b, held_b, tmp_path, candidates=2, abn_batches=2,
-                          progress=False)
+                          progress=False, vanilla=True)
     rec = res.candidates[1]
     pruned = prune_model(m, rec["ratios"])
     assert macs_params(pruned) == (rec["macs"], rec["params"])
@@ -383,7 +383,7 @@ def test_search_scores_in_the_training_precision(tmp_path):
 
     m = _model("resnet20")
     train_b, held_b = _search_data()
-    kw = dict(candidates=2, abn_batches=2, progress=False)
+    kw = dict(candidates=2, abn_batches=2, progress=False, vanilla=True)
     res = eagleeye_search(m, train_b, held_b, tmp_path, precision="bf16", **kw)
     rec = res.candidates[1]
     pruned = prune_model(m, rec["ratios"])

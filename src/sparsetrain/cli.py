@@ -179,7 +179,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                            importance=args.importance,
                            round_to=args.round_to, baselines=baselines,
                            finetune=not args.no_finetune, winner=not args.no_winner,
-                           correlate=args.correlate)
+                           correlate=args.correlate, vanilla=args.vanilla_score,
+                           workers=args.workers)
     s = run_eagleeye(cfg, args.checkpoint, opts, resume=args.resume)
     if "structured" not in s and s.get("baselines"):  # --no-winner
         print("EagleEye baselines: " + ", ".join(
@@ -392,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--round-to", type=_count(1), help="keep channel counts multiples of N")
     ee.add_argument("--correlate", type=_count(0), default=0, metavar="K",
                     help="fine-tune K candidates briefly and correlate scores with accuracy")
+    ee.add_argument("--workers", type=_count(1), metavar="N",
+                    help="processes scoring candidates, one thread each (default: usable "
+                         "cores, at most --candidates; results do not depend on N)")
+    ee.add_argument("--vanilla-score", action="store_true",
+                    help="also score candidates before adaptive BN (implied by the random "
+                         "baseline and --correlate, its only readers)")
     ee.add_argument("--baselines", default="uniform,random",
                     help="baselines fine-tuned like the winner: uniform (L1 at the same MACs), "
                          "random (best vanilla-scored strategy, no adaptive BN), or none")

@@ -139,6 +139,9 @@ def correlation_study(
     if k < 3 or k > len(candidates):
         raise UserError(f"the correlation study needs 3 <= k <= {len(candidates)} candidates, "
                         f"got {k}")
+    if any("vanilla_score" not in c for c in candidates[:k]):
+        raise UserError("the correlation study needs the candidates' vanilla scores; search "
+                        "with vanilla=True (--vanilla-score, implied by --correlate)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "finetuned.jsonl"

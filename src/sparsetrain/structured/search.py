@@ -3,18 +3,33 @@ Neural Network Pruning", ECCV 2020; DESIGN.md §3.6 steps 2-5).
 
 For candidate ``i = 0, 1, ...``: draw a strategy inside the FLOPs band
 (:class:`StrategySampler`, seeded by ``(seed, i)``), prune the dense model by filter L1 norm,
-score top-1 on a held-out split of the *training* set with the dense BN statistics ("vanilla"),
-re-estimate BN statistics on training batches (adaptive BN), score again. Every candidate is one
-line of ``out_dir/candidates.jsonl``::
+re-estimate BN statistics on training batches (adaptive BN) and score top-1 on a held-out split
+of the *training* set. With ``vanilla=True`` the pruned model is also scored before adaptive BN,
+with the dense BN statistics ("vanilla"): only the random-strategy baseline and the correlation
+study read that score, so it is not computed otherwise. Every candidate is one line of
+``out_dir/candidates.jsonl``::
 
     {"index", "ratios": {group: r}, "macs", "params", "macs_ratio", "tries",
-     "vanilla_score", "abn_score", "time_s"}
+     ["vanilla_score",] "abn_score", "time_s"}
+
+``macs`` is the sampler's exact analytic count (:class:`MacsModel`, equal to a
+``torch.utils.flop_counter`` pass over the pruned model, which the tests check), so no
+candidate is traced for its FLOPs.
+
+Candidates are scored single-threaded (``torch.set_num_threads(1)``), either in this process
+(``workers=1``) or by ``workers`` processes (``spawn`` context) that receive the dense model and
+the batches once (tensors in shared memory) and take candidate indices from a queue. Candidate
+``i`` depends only on ``(seed, i)`` (its strategy, and its channel scores for ``random``
+importance), so the lines are identical for every worker count; they are written in index
+order.
 
 The search is resumable: lines already in the file are kept (after checking that they are the
 strategies these settings draw), so stopping after 4 and continuing to 6 gives the same 6 lines
 as an uninterrupted 6-candidate search. ``out_dir/search.json`` records the settings; resuming
-with different ones is an error. The winner is the best adaptive-BN score; the best *vanilla*
-score is the "random strategy without adaptive BN" baseline.
+with different ones is an error (the worker count and ``vanilla`` are not settings: asking for
+vanilla scores on a search that has none scores the existing lines before adaptive BN and
+rewrites the file). The winner is the best adaptive-BN score; the best *vanilla* score is the
+"random strategy without adaptive BN" baseline.
 """
 
 from __future__ import annotations
@@ -22,8 +37,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +55,14 @@ from sparsetrain.errors import UserError
 from sparsetrain.precision import autocast
 from sparsetrain.structured.adaptive_bn import adaptive_bn
 from sparsetrain.structured.groups import ChannelGroup, prunable_groups, prune_model
-from sparsetrain.structured.macs import MacsModel, macs_params
-from sparsetrain.structured.sampler import StrategySampler, candidate_generator
+from sparsetrain.structured.macs import MacsModel
+from sparsetrain.structured.sampler import Strategy, StrategySampler, candidate_generator
 
 __all__ = [
     "Batch",
     "SearchResult",
     "abn_batches",
+    "default_workers",
     "eagleeye_search",
     "eval_batches",
     "holdout_split",
@@ -113,7 +131,7 @@ class SearchResult:
 
     candidates: list[dict[str, Any]]
     best: dict[str, Any]  # highest abn_score (ties: lowest index)
-    best_vanilla: dict[str, Any]  # highest vanilla_score: random strategy without adaptive BN
+    best_vanilla: dict[str, Any] | None  # highest vanilla_score (None: not computed)
     acceptance_rate: float
     dense_macs: int
     dense_params: int
@@ -148,13 +166,27 @@ def _settings(dense_model: nn.Module, groups: Sequence[ChannelGroup], **kw: Any)
             "groups": {g.name: g.channels for g in groups}, **kw}
 
 
-def search_complete(out: Path, candidates: int) -> bool:
-    """``out/search.json`` records a finished search of exactly ``candidates`` candidates."""
+def search_complete(out: Path, candidates: int, vanilla: bool = False) -> bool:
+    """``out/search.json`` records a finished search of exactly ``candidates`` candidates (with
+    vanilla scores when ``vanilla``)."""
     try:
         info = json.loads((out / "search.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and "best" in info and info.get("candidates") == candidates
+    return (isinstance(info, dict) and "best" in info and info.get("candidates") == candidates
+            and (not vanilla or info.get("best_vanilla") is not None))
+
+
+def default_workers(candidates: int, device: torch.device | str = "cpu") -> int:
+    """Worker processes for a search: the usable CPU cores (this process's affinity mask), at
+    most ``candidates``; 1 when the model is not on the CPU."""
+    if torch.device(device).type != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, candidates))
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
@@ -189,13 +221,21 @@ def eagleeye_search(
     round_to: int | None = None,
     precision: str = "fp32",
     progress: bool = True,
+    vanilla: bool = False,
+    workers: int | None = None,
 ) -> SearchResult:
     """Run (or continue) the search until ``out_dir/candidates.jsonl`` holds ``candidates``
     lines; ``train_batches`` feed adaptive BN, ``holdout`` (test-time transforms, part of the
     training set) scores candidates. ``precision`` ("fp32" or "bf16" autocast, as in training)
-    is the one both forward passes and adaptive BN run in."""
+    is the one both forward passes and adaptive BN run in. ``vanilla`` adds the score before
+    adaptive BN; ``workers`` processes score candidates (default :func:`default_workers`)."""
     if candidates < 1:
         raise UserError(f"need at least one candidate, got {candidates}")
+    device = next(dense_model.parameters()).device
+    n_workers = default_workers(candidates, device) if workers is None else int(workers)
+    if n_workers < 1 or (n_workers > 1 and device.type != "cpu"):
+        raise UserError(f"workers must be >= 1, and 1 unless the search runs on the CPU "
+                        f"(got {workers} on {device.type})")
     out = Path(out_dir)
     was_training = dense_model.training
     dense_model.eval()
@@ -203,7 +243,8 @@ def eagleeye_search(
         return _search(dense_model, train_batches, holdout, out, flops_target=flops_target,
                        candidates=candidates, r_min=r_min, r_max=r_max, tolerance=tolerance,
                        abn_batches=abn_batches, seed=seed, importance=importance,
-                       round_to=round_to, precision=precision, progress=progress)
+                       round_to=round_to, precision=precision, progress=progress,
+                       vanilla=vanilla, workers=n_workers)
     finally:
         dense_model.train(was_training)
 
@@ -212,7 +253,7 @@ def _search(
     dense_model: nn.Module, train_batches: Sequence[Any], holdout: Sequence[Batch], out: Path,
     *, flops_target: float, candidates: int, r_min: float, r_max: float, tolerance: float,
     abn_batches: int, seed: int, importance: str, round_to: int | None, precision: str,
-    progress: bool,
+    progress: bool, vanilla: bool, workers: int,
 ) -> SearchResult:
     groups = prunable_groups(dense_model)
     macs_model = MacsModel.build(dense_model, groups, round_to)
@@ -225,42 +266,32 @@ def _search(
     if not (out / "search.json").is_file():
         write_json({"settings": settings}, out / "search.json")
     path = out / "candidates.jsonl"
-    done = read_candidates(path)
-    if path.is_file() and len(path.read_text().splitlines()) != len(done):
-        # drop the partial line of a search killed while writing
-        data = "".join(json.dumps(r) + "\n" for r in done).encode()
-        atomic_write_bytes(path, lambda f: f.write(data))
-    done = done[:candidates]
-    for rec in done:  # re-draw: checks the file and keeps the acceptance count exact
-        s = sampler.sample(rec["index"])
-        if s.ratios != rec["ratios"] or s.macs != rec["macs"]:
-            raise UserError(f"{path}: candidate {rec['index']} is not the strategy these "
-                            "settings draw; use another output directory")
-    dense_macs, dense_params = macs_params(dense_model)
-    device = next(dense_model.parameters()).device
-    with autocast(device, precision):
+    done = _resumable(path, sampler, candidates)
+    dense_macs = macs_model.dense_macs
+    dense_params = sum(p.numel() for p in dense_model.parameters())
+    with autocast(next(dense_model.parameters()).device, precision):
         dense_score = top1(dense_model, holdout)
+    scorer = _Scorer(dense_model, train_batches, holdout, abn_batches, importance, round_to,
+                     seed, precision, groups)
+    n_old = _add_vanilla(path, done, sampler, scorer, workers, progress) if vanilla else 0
     bar = tqdm(total=candidates, initial=len(done), unit="cand", disable=not progress,
                desc="eagleeye", dynamic_ncols=True)
-    t_start, n_new = time.perf_counter(), 0
+    tasks = [(sampler.sample(i), vanilla, True) for i in range(len(done), candidates)]
+    t_start = time.perf_counter()
     with path.open("a") as f:
-        for i in range(len(done), candidates):
-            with autocast(device, precision):
-                rec = _evaluate(dense_model, groups, sampler, i, train_batches, holdout,
-                                abn_batches=abn_batches, importance=importance,
-                                round_to=round_to, seed=seed)
+        for n_new, rec in enumerate(_scored(scorer, tasks, workers), 1):
             f.write(json.dumps(rec) + "\n")
             f.flush()
             done.append(rec)
-            n_new += 1
             rate = 60.0 * n_new / (time.perf_counter() - t_start)
             bar.set_postfix(cand_per_min=f"{rate:.1f}", accept=f"{sampler.acceptance_rate:.3f}",
                             best_abn=f"{max(r['abn_score'] for r in done):.4f}")
             bar.update(1)
     bar.close()
     best = max(done, key=lambda r: (r["abn_score"], -r["index"]))
-    best_vanilla = max(done, key=lambda r: (r["vanilla_score"], -r["index"]))
-    if n_new or not search_complete(out, len(done)):  # a finished search is only read
+    best_vanilla = (max(done, key=lambda r: (r["vanilla_score"], -r["index"]))
+                    if all("vanilla_score" in r for r in done) else None)
+    if tasks or n_old or not search_complete(out, len(done), vanilla):  # else only read
         write_json({"settings": settings, "dense": {"macs": dense_macs, "params": dense_params,
                                                    "score": dense_score},
                     "candidates": len(done), "acceptance_rate": _finite(sampler.acceptance_rate),
@@ -269,24 +300,164 @@ def _search(
                         dense_params, dense_score, [g.name for g in groups], out)
 
 
-def _evaluate(
-    dense_model: nn.Module, groups: Sequence[ChannelGroup], sampler: StrategySampler,
-    index: int, train_batches: Sequence[Any], holdout: Sequence[Batch], *, abn_batches: int,
-    importance: str, round_to: int | None, seed: int,
-) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    s = sampler.sample(index)
-    gen = candidate_generator(seed, index, salt=1)  # only "random" importance draws from it
-    pruned = prune_model(dense_model, s.ratios, importance, round_to, gen, groups=groups)
-    macs, params = macs_params(pruned)
-    if macs != s.macs:
-        raise RuntimeError(f"analytic MACs {s.macs} != measured {macs} for candidate {index}")
-    vanilla = top1(pruned, holdout)
-    adaptive_bn(pruned, train_batches, abn_batches)
-    abn = top1(pruned, holdout)
-    return {"index": index, "ratios": s.ratios, "macs": macs, "params": params,
-            "macs_ratio": s.macs_ratio, "tries": s.tries, "vanilla_score": vanilla,
-            "abn_score": abn, "time_s": time.perf_counter() - t0}
+def _resumable(path: Path, sampler: StrategySampler, candidates: int) -> list[dict[str, Any]]:
+    """The complete lines of ``path`` (a partial last line is dropped from the file), each
+    checked against the strategy ``sampler`` draws for its index (which also keeps the
+    sampler's acceptance count exact)."""
+    done = read_candidates(path)
+    if path.is_file() and len(path.read_text().splitlines()) != len(done):
+        data = "".join(json.dumps(r) + "\n" for r in done).encode()
+        atomic_write_bytes(path, lambda f: f.write(data))
+    done = done[:candidates]
+    for rec in done:
+        s = sampler.sample(rec["index"])
+        if s.ratios != rec["ratios"] or s.macs != rec["macs"]:
+            raise UserError(f"{path}: candidate {rec['index']} is not the strategy these "
+                            "settings draw; use another output directory")
+    return done
+
+
+def _add_vanilla(
+    path: Path, done: list[dict[str, Any]], sampler: StrategySampler, scorer: _Scorer,
+    workers: int, progress: bool,
+) -> int:
+    """Score the lines of ``done`` that have no vanilla score (a search run without them) and
+    rewrite ``path`` with them; returns how many were scored."""
+    todo = [k for k, r in enumerate(done) if "vanilla_score" not in r]
+    if not todo:
+        return 0
+    tasks = [(_strategy(done[k], sampler), True, False) for k in todo]
+    for k, rec in zip(todo, tqdm(_scored(scorer, tasks, workers), total=len(tasks), unit="cand",
+                                 disable=not progress, desc="vanilla scores"), strict=True):
+        old = done[k]
+        done[k] = {**{n: v for n, v in old.items() if n not in ("abn_score", "time_s")},
+                   "vanilla_score": rec["vanilla_score"], "abn_score": old["abn_score"],
+                   "time_s": old["time_s"] + rec["time_s"]}
+    data = "".join(json.dumps(r) + "\n" for r in done).encode()
+    atomic_write_bytes(path, lambda f: f.write(data))
+    return len(todo)
+
+
+def _strategy(rec: dict[str, Any], sampler: StrategySampler) -> Strategy:
+    m = int(rec["macs"])
+    return Strategy(int(rec["index"]), rec["ratios"], m, m / sampler.model.dense_macs,
+                    int(rec["tries"]))
+
+
+@dataclass
+class _Scorer:
+    """Everything scoring one candidate needs. Sent once to each worker process (``spawn``
+    pickles it; torch moves the tensors to shared memory); the channel groups hold a dependency
+    graph of this process's model, so a worker rebuilds them from its copy."""
+
+    dense: nn.Module
+    train_batches: Sequence[Any]
+    holdout: Sequence[Batch]
+    abn_batches: int
+    importance: str
+    round_to: int | None
+    seed: int
+    precision: str
+    groups: list[ChannelGroup] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "groups": None}
+
+    def __call__(self, s: Strategy, vanilla: bool, abn: bool = True) -> dict[str, Any]:
+        """The record of candidate ``s``: pruned by filter importance (``random``: drawn from
+        ``(seed, index)``), scored before (``vanilla``) and after adaptive BN (``abn``)."""
+        t0 = time.perf_counter()
+        if self.groups is None:
+            self.groups = prunable_groups(self.dense)
+        gen = candidate_generator(self.seed, s.index, salt=1)  # only "random" draws from it
+        with autocast(next(self.dense.parameters()).device, self.precision):
+            pruned = prune_model(self.dense, s.ratios, self.importance, self.round_to, gen,
+                                 groups=self.groups)
+            rec: dict[str, Any] = {
+                "index": s.index, "ratios": s.ratios, "macs": s.macs,
+                "params": sum(p.numel() for p in pruned.parameters()),
+                "macs_ratio": s.macs_ratio, "tries": s.tries}
+            if vanilla:
+                rec["vanilla_score"] = top1(pruned, self.holdout)
+            if abn:
+                adaptive_bn(pruned, self.train_batches, self.abn_batches)
+                rec["abn_score"] = top1(pruned, self.holdout)
+        rec["time_s"] = time.perf_counter() - t0
+        return rec
+
+
+_Task = tuple[Strategy, bool, bool]  # strategy, vanilla score?, adaptive-BN score?
+
+
+def _scored(scorer: _Scorer, tasks: Sequence[_Task], workers: int) -> Iterator[dict[str, Any]]:
+    """The records of ``tasks`` in task order, each scored single-threaded: in this process
+    when ``workers`` is 1, else by ``workers`` spawned processes."""
+    if workers > 1 and len(tasks) > 1:
+        yield from _pool(scorer, tasks, min(workers, len(tasks)))
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for task in tasks:
+            yield scorer(*task)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _worker(scorer: _Scorer, tasks: Any, results: Any) -> None:
+    """Worker process: score tasks from the queue until ``None``; an error is sent back."""
+    torch.set_num_threads(1)
+    for task in iter(tasks.get, None):
+        try:
+            results.put((task[0].index, scorer(*task), None))
+        except Exception as e:  # the parent raises it and stops the search
+            results.put((task[0].index, None, (isinstance(e, UserError), f"{e}")))
+            return
+
+
+def _pool(scorer: _Scorer, tasks: Sequence[_Task], workers: int) -> Iterator[dict[str, Any]]:
+    ctx = torch.multiprocessing.get_context("spawn")
+    todo, results = ctx.Queue(), ctx.Queue()
+    for task in tasks:
+        todo.put(task)
+    for _ in range(workers):
+        todo.put(None)
+    procs = [ctx.Process(target=_worker, args=(scorer, todo, results), daemon=True)
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    ready: dict[int, dict[str, Any]] = {}
+    try:
+        for task in tasks:
+            while task[0].index not in ready:
+                index, rec, err = _next_result(results, procs)
+                if err is not None:
+                    user, msg = err
+                    raise (UserError if user else RuntimeError)(
+                        msg if user else f"EagleEye worker failed on candidate {index}: {msg}")
+                ready[index] = rec
+            yield ready.pop(task[0].index)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
+def _next_result(results: Any, procs: Sequence[Any]) -> tuple[int, Any, Any]:
+    """The next ``(index, record, error)`` from the workers; a worker that died (killed, out
+    of memory) is an error instead of a hang."""
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead or all(p.exitcode == 0 for p in procs):
+                try:
+                    return results.get(timeout=5.0)
+                except queue.Empty:
+                    raise RuntimeError(f"EagleEye worker processes ended early (exit codes "
+                                       f"{[p.exitcode for p in procs]})") from None
 
 
 def _fingerprint(batches: Sequence[Batch]) -> dict[str, Any]:

@@ -64,6 +64,14 @@ class EagleEyeOptions:
     winner: bool = True  # False: fine-tune only the baselines (e.g. in a second process)
     correlate: int = 0  # K candidates briefly fine-tuned for the correlation study
     correlate_epochs: int = 1
+    # score every candidate before adaptive BN too; implied by the "random" baseline (when
+    # fine-tuning) and by the correlation study, the only readers of that score
+    vanilla: bool = False
+    workers: int | None = None  # processes scoring candidates (None: usable cores)
+
+    def needs_vanilla(self) -> bool:
+        """Whether the search must record vanilla (pre-adaptive-BN) scores."""
+        return self.vanilla or self.correlate > 0 or (self.finetune and "random" in self.baselines)
 
 
 def _dense_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -102,7 +110,7 @@ def run_eagleeye(
         raise UserError("prune eagleeye needs the device loader (data.loader: device)")
     check_config(cfg)
     reader = (not o.winner and o.finetune and not o.correlate and resume
-              and search_complete(cfg.run_dir, o.candidates))
+              and search_complete(cfg.run_dir, o.candidates, o.needs_vanilla()))
     run = RunDir.claim(cfg.out_dir, cfg.name, command="prune eagleeye", resume=resume,
                        lock=not reader)
     try:
@@ -145,7 +153,8 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
                           r_min=o.r_min, r_max=o.r_max, tolerance=o.tolerance,
                           abn_batches=o.abn_batches, seed=cfg.seed, importance=o.importance,
                           round_to=o.round_to, progress=cfg.train.progress,
-                          precision=resolve_precision(cfg.train.precision, dev))
+                          precision=resolve_precision(cfg.train.precision, dev),
+                          vanilla=o.needs_vanilla(), workers=o.workers)
     info = _search_info(res)
     if o.correlate:
         short = cfg.model_copy(update={"train": cfg.train.model_copy(update={
@@ -186,15 +195,16 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
     summary = None
     if o.winner:
         b = res.best
-        summary = tune(b["ratios"], None, {"strategy": "eagleeye", "candidate": b["index"],
-                                           "abn_score": b["abn_score"],
-                                           "vanilla_score": b["vanilla_score"]})
+        extra = {"strategy": "eagleeye", "candidate": b["index"], "abn_score": b["abn_score"]}
+        if "vanilla_score" in b:
+            extra["vanilla_score"] = b["vanilla_score"]
+        summary = tune(b["ratios"], None, extra)
     baselines = {}
     if "uniform" in o.baselines:
         groups = prunable_groups(dense)
         uni = uniform_strategy(MacsModel.build(dense, groups, o.round_to), o.flops)
         baselines["uniform"] = tune(uni, "baseline_uniform", {"strategy": "uniform_l1"})
-    if "random" in o.baselines:
+    if "random" in o.baselines and res.best_vanilla is not None:
         bv = res.best_vanilla
         baselines["random_no_abn"] = tune(bv["ratios"], "baseline_random", {
             "strategy": "random_vanilla", "candidate": bv["index"],
@@ -212,8 +222,10 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
 
 
 def _search_info(res: SearchResult) -> dict[str, Any]:
-    return {"candidates": len(res.candidates), "acceptance_rate": res.acceptance_rate,
+    info = {"candidates": len(res.candidates), "acceptance_rate": res.acceptance_rate,
             "dense_score": res.dense_score, "best_index": res.best["index"],
-            "best_abn_score": res.best["abn_score"],
-            "best_vanilla_index": res.best_vanilla["index"],
-            "best_vanilla_score": res.best_vanilla["vanilla_score"]}
+            "best_abn_score": res.best["abn_score"]}
+    if res.best_vanilla is not None:  # searched with vanilla scores
+        info.update(best_vanilla_index=res.best_vanilla["index"],
+                    best_vanilla_score=res.best_vanilla["vanilla_score"])
+    return info
