@@ -3,6 +3,7 @@ teachers loaded from a real run, and a distilled run that reuses the teachers' s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from conftest import tiny_config, write_config
 from sparsetrain import UserError, load_config, train
 from sparsetrain.checkpoint import load_checkpoint, load_model
 from sparsetrain.distill import (
+    Discriminator,
     Distillation,
     SoftLabelCache,
     TeacherEnsemble,
@@ -158,47 +160,96 @@ def test_disk_cache_round_trips_and_rejects_other_data(tmp_path: Path) -> None:
             fake_trainer(batch=0), batch(0)[0])
 
 
-def test_discriminator_trains_itself_and_adds_exactly_g_loss() -> None:
+def test_discriminator_has_the_official_shape() -> None:
+    big = Discriminator(1000)  # official K = 8: 1000 -> 125 -> 15 -> 2, ReLU after each
+    shapes = [tuple(m.weight.shape) for m in big.modules() if isinstance(m, nn.Linear)]
+    assert shapes == [(125, 1000), (15, 125), (2, 15)]
+    assert isinstance(big.net[-1], nn.ReLU)
+    small = Discriminator(10)  # floored at 8 (official 10 -> 1 -> 0 would not be a network)
+    assert [m.out_features for m in small.modules() if isinstance(m, nn.Linear)] == [8, 8, 2]
+    assert torch.all(big(torch.randn(5, 1000)) >= 0)
+
+
+def test_discriminator_loss_is_added_to_the_students_with_the_official_sign() -> None:
+    """Official MEAL V2: loss = KD + BCE(D([s; mean_t z_t]), [[1,0]]*B + [[0,1]]*B), one
+    backward into the student and the discriminator, which then takes an SGD step (momentum
+    0.9, no weight decay) at the student's LR."""
     teachers = counting_teachers([])
-    with_d = Distillation(teachers, temperature=2.0, discriminator=True)
-    without = Distillation(teachers, temperature=2.0)
+    with_d = Distillation(teachers, discriminator=True)
+    without = Distillation(teachers)
     net, x, y = student(), *batch()
     out = net(x)
     label = F.cross_entropy(out, y)
-    before = [p.detach().clone() for p in with_d.disc.parameters()]
     total = with_d.loss(fake_trainer(), x, y, out, label)
-    assert all(p.grad is None for p in net.parameters())  # d_loss never reached the student
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in with_d.disc.parameters())
-    assert all(not torch.equal(a, b) for a, b in zip(before, with_d.disc.parameters(),
-                                                     strict=True))
-    g = with_d.last_g_loss
-    assert torch.equal(total.detach(), without.loss(fake_trainer(), x, y, out, label) + g)
-    d_out = with_d.disc(F.softmax(out.detach() / 2.0, dim=1)).detach()  # updated critic
-    assert g.item() == pytest.approx(
-        sum(math.log1p(math.exp(-v)) for v in d_out.tolist()) / 4, rel=1e-5)
-    disc_grads = [p.grad.clone() for p in with_d.disc.parameters()]
-    total.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
-    assert all(torch.equal(a, p.grad) for a, p in zip(disc_grads, with_d.disc.parameters(),
-                                                      strict=True))
+    t_mean = torch.stack(teachers(x)).mean(0)
+    d_out = with_d.disc(torch.cat([out.detach(), t_mean]))
+    target = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 4)
+    by_hand = sum(
+        -(t * F.logsigmoid(v) + (1 - t) * F.logsigmoid(-v))
+        for t, v in zip(target.flatten().tolist(), d_out.flatten(), strict=True)) / 16
+    kd = without.loss(fake_trainer(), x, y, out, label)
+    assert total.item() == pytest.approx((kd + by_hand).item(), rel=1e-6)
+    assert with_d.last_d_loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    ref, ref_disc = student(), copy.deepcopy(with_d.disc)
+    total.backward()  # the engine's one backward
+    # the student's gradient is that of KD + d_loss: it helps the discriminator
+    ref_out = ref(x)
+    ref_d = F.binary_cross_entropy_with_logits(ref_disc(torch.cat([ref_out, t_mean])), target)
+    (distill_loss(ref_out, soft_target(teachers(x))) + ref_d).backward()
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    grads = [p.grad.clone() for p in with_d.disc.parameters()]
+    before = [p.detach().clone() for p in with_d.disc.parameters()]
+    assert all(g.abs().sum() > 0 for g in grads)
+    for p, q in zip(with_d.disc.parameters(), ref_disc.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    tr = fake_trainer()
+    tr.optimizer = SimpleNamespace(param_groups=[{"lr": 0.05}])
+    with_d.after_optimizer_step(tr)  # first SGD step: p - lr * g (momentum buffer = g)
+    for p, b, g in zip(with_d.disc.parameters(), before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), b - 0.05 * g)
+        assert p.grad is None
 
 
-def test_discriminator_state_resumes_exactly_through_weights_only_load() -> None:
+def test_discriminator_state_resumes_exactly_and_rejects_the_old_gan_form() -> None:
     teachers = counting_teachers([])
     a = Distillation(teachers, discriminator=True)
     x, y = batch()
-    out = student()(x).detach()
-    a.loss(fake_trainer(), x, y, out, F.cross_entropy(out, y))
+    tr = fake_trainer()
+    tr.optimizer = SimpleNamespace(param_groups=[{"lr": 0.1}])
+    for i in range(2):
+        out = student()(x)
+        a.loss(fake_trainer(batch=i), x, y, out, F.cross_entropy(out, y)).backward()
+        a.after_optimizer_step(tr)  # momentum state exists after two steps
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
+    state = torch.load(buf, weights_only=True)
     b = Distillation(teachers, discriminator=True, seed=1)  # other init, overwritten by state
-    b.load_state_dict(torch.load(buf, weights_only=True))
-    la = a.loss(fake_trainer(batch=1), x, y, out, F.cross_entropy(out, y))
-    lb = b.loss(fake_trainer(batch=1), x, y, out, F.cross_entropy(out, y))
-    assert torch.equal(la, lb)
+    b.load_state_dict(state)
+    for c in (a, b):
+        out = student()(x)
+        c.loss(fake_trainer(batch=2), x, y, out, F.cross_entropy(out, y)).backward()
+        c.after_optimizer_step(tr)
     assert all(torch.equal(p, q) for p, q in zip(a.disc.parameters(), b.disc.parameters(),
                                                  strict=True))
+    old = {k: v for k, v in state.items() if k != "disc_form"}
+    with pytest.raises(UserError, match="GAN form"):
+        Distillation(teachers, discriminator=True).load_state_dict(old)
+
+
+def test_cached_targets_keep_the_teacher_logits_for_the_discriminator() -> None:
+    calls: list[int] = []
+    teachers, cache = counting_teachers(calls), SoftLabelCache()
+    x, _ = batch()
+    first, second = (Distillation(teachers, discriminator=True, cache=cache) for _ in range(2))
+    p1, z1 = first.targets(fake_trainer(), x)
+    p2, z2 = second.targets(fake_trainer(), x)
+    assert len(calls) == 2 and cache.hits == 1
+    assert torch.equal(p1, p2) and torch.equal(z1, z2)
+    assert torch.equal(z1, torch.stack(teachers(x)).mean(0))  # (2 more teacher calls)
+    plain = Distillation(teachers, cache=cache)  # no discriminator: another cache entry
+    assert torch.equal(plain.soft_targets(fake_trainer(), x), p1) and len(calls) == 6
 
 
 # -- real checkpoints and a distilled run -------------------------------------------------
@@ -258,3 +309,19 @@ def test_distilled_runs_share_the_teachers_soft_targets(teacher_run: Path,
     assert (b["kd_cache_hits"], b["kd_cache_misses"]) == (2, 0)
     assert 0 < a["kd_loss"] < 10 and a["kd_loss"] == b["kd_loss"]
     assert a["train_loss"] == a["kd_loss"] == b["train_loss"]  # alpha = 0: KD only
+
+
+def test_distilled_run_trains_the_discriminator_in_the_students_step(teacher_run: Path,
+                                                                      tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, {**small_run(tmp_path, "with_d"),
+                                              "distill": {"teachers": [str(teacher_run /
+                                                                           "last.pt")],
+                                                          "discriminator": True}}))
+    summary = train(cfg)
+    assert summary["distill"]["discriminator"] is True
+    metrics = json.loads((cfg.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["kd_d_loss"] > 0
+    assert metrics["train_loss"] == pytest.approx(metrics["kd_loss"] + metrics["kd_d_loss"],
+                                                  rel=1e-4)  # the student's loss includes it
+    state = load_checkpoint(cfg.run_dir / "last.pt")["trainer"]["callbacks"]["distill"]
+    assert state["disc_form"] == "meal_v2" and state["disc_opt"]["state"]  # it took steps

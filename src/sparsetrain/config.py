@@ -144,7 +144,9 @@ class DistillConfig(_Section):
     teachers: list[str] = Field(default_factory=list)  # checkpoint paths (last.pt / best.pt)
     temperature: float = Field(1.0, gt=0)
     alpha: float = Field(0.0, ge=0, le=1)  # weight of the label loss; 0 = pure distillation
-    discriminator: bool = False  # MEAL V2's discriminator on the soft outputs
+    # MEAL V2's discriminator (official form): its loss on student vs teacher logits is added to
+    # the student's; it takes SGD steps at the student's LR
+    discriminator: bool = False
     cache: str | None = None  # directory of cached soft labels (shared by students, same seed)
 
 

@@ -12,9 +12,7 @@ from sparsetrain.distill.losses import (
     Discriminator,
     combined_loss,
     discriminator_loss,
-    discriminator_losses,
     distill_loss,
-    generator_loss,
     soft_target,
 )
 from sparsetrain.distill.teachers import (
@@ -33,9 +31,7 @@ __all__ = [
     "build_distillation",
     "combined_loss",
     "discriminator_loss",
-    "discriminator_losses",
     "distill_loss",
     "files_fingerprint",
-    "generator_loss",
     "soft_target",
 ]

@@ -1,10 +1,12 @@
 """MEAL V2 distillation (Shen & Savvides, 2020) as an engine callback.
 
 The student's loss becomes ``alpha · label_loss + (1 − alpha) · T² · CE(p_teachers, q_student)``
-plus, with ``discriminator=True``, the adversarial term ``BCE(D(q_student), 1)``. The
-discriminator is trained in the same step, inside :meth:`Distillation.loss`, on detached
-student outputs with its own Adam optimizer. Works for any student the engine trains (dense,
-sparse, structurally pruned): only its logits are used.
+plus, with ``discriminator=True``, MEAL V2's discriminator loss on student vs teacher logits,
+*added* as the official code does: one backward reaches the student and the discriminator, and
+the discriminator's parameters take the same SGD step (momentum 0.9, no weight decay) at the
+student's current learning rate (the official script sets every parameter group's LR each
+epoch, its ``--d_lr`` included; ``disc_lr`` fixes it instead). Works for any student the engine
+trains (dense, sparse, structurally pruned): only its logits are used.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from sparsetrain.distill.losses import (
     combined_loss,
     discriminator_loss,
     distill_loss,
-    generator_loss,
     soft_target,
 )
 from sparsetrain.distill.teachers import EpochKey, SoftLabelCache, TeacherEnsemble
@@ -33,10 +34,11 @@ if TYPE_CHECKING:
 
 
 class Distillation(Callback):
-    """Distil a :class:`TeacherEnsemble` into the student (MEAL V2 Eq. 2, optional §3.3 GAN).
+    """Distil a :class:`TeacherEnsemble` into the student (MEAL V2 Eq. 2, optional §3.3
+    discriminator).
 
     Metrics per epoch: ``kd_loss`` (mean soft cross-entropy, ×T²), with a discriminator
-    ``kd_d_loss``/``kd_g_loss``, with a cache ``kd_cache_hits``/``kd_cache_misses`` (batches).
+    ``kd_d_loss``, with a cache ``kd_cache_hits``/``kd_cache_misses`` (batches).
     """
 
     name = "distill"
@@ -50,8 +52,8 @@ class Distillation(Callback):
         discriminator: bool = False,
         cache: SoftLabelCache | None = None,
         num_classes: int | None = None,
-        disc_lr: float = 1e-4,
-        disc_hidden: int = 256,
+        disc_lr: float | None = None,
+        disc_k: int = 8,
         seed: int = 0,
     ) -> None:
         if temperature <= 0:
@@ -66,14 +68,16 @@ class Distillation(Callback):
         self.cache, self.num_classes = cache, num_classes
         self.disc: Discriminator | None = None
         self.disc_opt: torch.optim.Optimizer | None = None
+        self.disc_lr = disc_lr
         if discriminator:
             with torch.random.fork_rng(devices=[]):  # reproducible, global RNG untouched
                 torch.manual_seed(seed)
-                self.disc = Discriminator(num_classes, disc_hidden)
+                self.disc = Discriminator(num_classes, disc_k)
             self.disc.to(teachers.device)
-            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=disc_lr)
+            self.disc_opt = torch.optim.SGD(self.disc.parameters(), lr=0.0, momentum=0.9,
+                                            weight_decay=0.0)
         self.last_kd_loss: torch.Tensor | None = None
-        self.last_g_loss: torch.Tensor | None = None
+        self.last_d_loss: torch.Tensor | None = None
         self._reset_epoch()
 
     # -- the step -------------------------------------------------------------------------
@@ -83,34 +87,51 @@ class Distillation(Callback):
     ) -> torch.Tensor:
         if trainer.batch_in_epoch == 0:
             self._reset_epoch()
-        probs = self.soft_targets(trainer, inputs)  # fp32 [B, C], no grad
+        probs, logits = self.targets(trainer, inputs)  # fp32 [B, C], no grad
         kd = distill_loss(outputs, probs, self.temperature)
         total = combined_loss(loss, kd, self.alpha)
         n = len(inputs)
         self._add("kd", kd, n)
         self.last_kd_loss = kd.detach()
-        if self.disc is not None:
-            d_loss, g_loss = self._adversarial(outputs, probs)
+        if self.disc is not None and logits is not None:
+            d_loss = discriminator_loss(self.disc, outputs, logits)
             self._add("d", d_loss, n)
-            self._add("g", g_loss, n)
-            self.last_g_loss = g_loss.detach()
-            total = total + g_loss
+            self.last_d_loss = d_loss.detach()
+            total = total + d_loss  # official: the student's loss includes it
         self._n += n
         return total
 
     def soft_targets(self, trainer: Trainer, inputs: torch.Tensor) -> torch.Tensor:
         """The ensemble's soft targets of ``inputs``, from the cache when it holds them."""
+        return self.targets(trainer, inputs)[0]
+
+    def targets(
+        self, trainer: Trainer, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(soft targets, mean teacher logits or None without a discriminator)``; with a
+        discriminator the cache stores both, side by side in one ``[B, 2C]`` entry."""
         if self.cache is None:
-            return soft_target(self.teachers(inputs), self.temperature)
+            return self._compute(inputs)
         key, batch = self._key(trainer, inputs), trainer.batch_in_epoch
-        probs = self.cache.get(key, batch, inputs)
-        if probs is not None:
+        entry = self.cache.get(key, batch, inputs)
+        if entry is None:
+            self._misses += 1
+            probs, logits = self._compute(inputs)
+            entry = probs if logits is None else torch.cat([probs, logits], dim=1)
+            self.cache.put(key, batch, inputs, entry)
+        else:
             self._hits += 1
-            return probs
-        self._misses += 1
-        probs = soft_target(self.teachers(inputs), self.temperature)
-        self.cache.put(key, batch, inputs, probs)
-        return probs
+        if self.disc is None:
+            return entry, None
+        return entry[:, :self.num_classes], entry[:, self.num_classes:]
+
+    def _compute(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        outs = self.teachers(inputs)
+        probs = soft_target(outs, self.temperature)
+        if self.disc is None:
+            return probs, None
+        with torch.autocast(inputs.device.type, enabled=False):
+            return probs, torch.stack([z.float() for z in outs]).mean(0)
 
     def _key(self, trainer: Trainer, inputs: torch.Tensor) -> EpochKey:
         loader = trainer.train_loader
@@ -120,27 +141,21 @@ class Distillation(Callback):
         rank, world = getattr(loader, "rank", 0), getattr(loader, "world_size", 1)
         t = self.teachers
         variant = f"{t.precision}-{t.device.type}-b{len(inputs)}-r{rank}of{world}"
+        if self.disc is not None:  # entries also hold the mean teacher logits
+            variant += "-logits"
         return EpochKey(t.fingerprint, float(self.temperature), int(seed), trainer.epoch, variant)
 
-    def _adversarial(
-        self, outputs: torch.Tensor, probs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One discriminator step on detached outputs, then the student's term ``g_loss``."""
-        assert self.disc is not None and self.disc_opt is not None
-        d_loss = discriminator_loss(self.disc, outputs, probs, self.temperature)
-        self.disc_opt.zero_grad(set_to_none=True)
-        d_loss.backward(inputs=list(self.disc.parameters()))
-        # data parallel: the critic sees the global batch and stays identical on every rank
-        mean_across_ranks([p.grad for p in self.disc.parameters() if p.grad is not None])
+    def after_optimizer_step(self, trainer: Trainer) -> None:
+        """The discriminator's SGD step on the gradients of the engine's one backward."""
+        if self.disc is None or self.disc_opt is None:
+            return
+        grads = [p.grad for p in self.disc.parameters() if p.grad is not None]
+        mean_across_ranks(grads)  # data parallel: one discriminator, identical on every rank
+        lr = self.disc_lr if self.disc_lr is not None else trainer.optimizer.param_groups[0]["lr"]
+        for group in self.disc_opt.param_groups:
+            group["lr"] = lr
         self.disc_opt.step()
-        # Frozen while g_loss is built, so the student's backward neither reaches nor
-        # accumulates into the critic's gradients.
-        self.disc.requires_grad_(False)
-        try:
-            g_loss = generator_loss(self.disc, outputs, self.temperature)
-        finally:
-            self.disc.requires_grad_(True)
-        return d_loss.detach(), g_loss
+        self.disc_opt.zero_grad(set_to_none=True)
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _reset_epoch(self) -> None:
@@ -161,7 +176,7 @@ class Distillation(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         metrics["kd_loss"] = self._mean("kd")
         if self.disc is not None:
-            metrics["kd_d_loss"], metrics["kd_g_loss"] = self._mean("d"), self._mean("g")
+            metrics["kd_d_loss"] = self._mean("d")
         if self.cache is not None:
             metrics["kd_cache_hits"], metrics["kd_cache_misses"] = self._hits, self._misses
             self.cache.flush()
@@ -186,12 +201,17 @@ class Distillation(Callback):
         if self.disc is not None and self.disc_opt is not None:
             state["disc"] = self.disc.state_dict()
             state["disc_opt"] = self.disc_opt.state_dict()
+            state["disc_form"] = "meal_v2"
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._sums = dict(state.get("sums", {}))
         self._n, self._hits, self._misses = state["n"], state["hits"], state["misses"]
         if self.disc is not None and self.disc_opt is not None and "disc" in state:
+            if state.get("disc_form") != "meal_v2":
+                raise UserError("this run's discriminator is the GAN form of sparsetrain < 0.2 "
+                                "(removed: the official MEAL V2 form replaced it); it cannot "
+                                "be resumed, start a new run")
             self.disc.load_state_dict(state["disc"])
             self.disc_opt.load_state_dict(state["disc_opt"])
 

@@ -2,8 +2,9 @@
 80%+ Top-1 Accuracy on ImageNet without Tricks", 2020).
 
 The student learns from the mean of the teachers' softmax outputs (the ensemble's soft target)
-with a soft cross-entropy, optionally mixed with the label loss and helped by a discriminator
-that tells teacher from student output distributions (real = teacher, fake = student).
+with a soft cross-entropy, optionally mixed with the label loss, plus (optionally) the official
+discriminator's loss on student vs teacher logits, added to the student's loss. MEAL V2 itself
+uses T = 1, no hard labels (alpha = 0) and no weight decay.
 
 Every loss is computed in fp32, also under bf16 autocast: logits are cast to float and the
 discriminator runs with autocast disabled, so a softmax over 1000 classes never rounds to bf16.
@@ -70,56 +71,49 @@ def combined_loss(label_loss: torch.Tensor, kd_loss: torch.Tensor, alpha: float)
 
 
 class Discriminator(nn.Module):
-    """MEAL V2 §3.3: a small MLP ``C → hidden → hidden → 1`` (ReLU) on a class distribution;
-    outputs one real/fake logit per sample."""
+    """MEAL V2's discriminator as the official code builds it (``models/discriminator.py``):
+    on logits ``[B, C]``, ``C → C/K → C/K² → 2`` with a ReLU after every layer, the last one
+    included (its two outputs are non-negative logits, scored by BCE-with-logits). The official
+    layers are 1×1 convolutions on a ``[B, C, 1, 1]`` map, which is exactly a linear layer;
+    K = 8 as the official ImageNet setting (1000 → 125 → 15 → 2). Hidden widths are floored at
+    8 so that few classes still give a usable network (10 classes: 10 → 8 → 8 → 2, where the
+    official formula gives 10 → 1 → 0); with the final ReLU, a 2-unit layer is often dead for
+    every input and then no gradient ever reaches the discriminator."""
 
-    def __init__(self, num_classes: int, hidden: int = 256) -> None:
+    def __init__(self, num_classes: int, k: int = 8) -> None:
         super().__init__()
-        if num_classes < 2 or hidden < 1:
-            raise UserError(f"bad discriminator size: {num_classes} classes, hidden {hidden}")
+        if num_classes < 2 or k < 1:
+            raise UserError(f"bad discriminator size: {num_classes} classes, K = {k}")
+        h1 = max(8, num_classes // k)
+        h2 = max(8, h1 // k)
         self.net = nn.Sequential(
-            nn.Linear(num_classes, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, 1),
+            nn.Linear(num_classes, h1), nn.ReLU(),
+            nn.Linear(h1, h2), nn.ReLU(),
+            nn.Linear(h2, 2), nn.ReLU(),
         )
 
-    def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        return self.net(probs).squeeze(-1)  # [B]
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.net(logits)  # [B, 2]
 
 
 def discriminator_loss(
-    disc: nn.Module, student_logits: torch.Tensor, target_probs: torch.Tensor,
-    temperature: float = 1.0,
+    disc: nn.Module, student_logits: torch.Tensor, teacher_logits: torch.Tensor
 ) -> torch.Tensor:
-    """Discriminator's BCE, mean of real (teacher target → 1) and fake (student → 0) terms.
-    The student's logits are detached: this loss never reaches the student."""
+    """MEAL V2's discriminator loss (official ``discriminatorLoss``): BCE-with-logits of
+    ``disc([student; teacher])`` against ``[1, 0]`` for the student's rows and ``[0, 1]`` for the
+    teachers' (mean of the teachers' logits), averaged over all ``2B × 2`` entries.
+
+    The student's logits keep their graph: the official code *adds* this loss to the student's
+    (one backward, one optimizer), so it acts as a regularizer with which the student helps the
+    discriminator tell it from the teachers; it is not a GAN's fooling term. The teachers'
+    logits are constants."""
+    if student_logits.shape != teacher_logits.shape:
+        raise UserError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                        f"{tuple(teacher_logits.shape)} differ in shape")
     with _fp32(student_logits):
-        fake = F.softmax(student_logits.detach().float() / temperature, dim=-1)
-        d_real, d_fake = disc(target_probs.detach().float()), disc(fake)
-        real_loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-        fake_loss = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-        return 0.5 * (real_loss + fake_loss)
-
-
-def generator_loss(
-    disc: nn.Module, student_logits: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """The student's adversarial term: ``BCE(disc(softmax(s / T)), 1)`` (fool the critic)."""
-    with _fp32(student_logits):
-        d_fake = disc(F.softmax(student_logits.float() / temperature, dim=-1))
-        return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
-
-
-def discriminator_losses(
-    disc: nn.Module, student_logits: torch.Tensor, target_probs: torch.Tensor,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(d_loss, g_loss)`` with the same discriminator.
-
-    The discriminator sees class distributions at temperature ``T``, not raw logits: the
-    teacher side is the ensemble's soft target (an ensemble has no single logit vector, and on
-    a soft-label cache hit no teacher logits exist), and logits are defined only up to an
-    additive constant, which a critic could exploit without learning anything useful.
-    """
-    return (discriminator_loss(disc, student_logits, target_probs, temperature),
-            generator_loss(disc, student_logits, temperature))
+        both = torch.cat([student_logits.float(), teacher_logits.detach().float()])
+        b = student_logits.shape[0]
+        target = torch.zeros(2 * b, 2, device=both.device)
+        target[:b, 0] = 1.0
+        target[b:, 1] = 1.0
+        return F.binary_cross_entropy_with_logits(disc(both), target)
