@@ -13,7 +13,8 @@ from sparsetrain import load_config, train
 from sparsetrain.checkpoint import load_checkpoint
 from sparsetrain.cli import main
 from sparsetrain.models import create_model
-from sparsetrain.sparsity.topk import global_masks
+from sparsetrain.sparsity.allocate import allocate
+from sparsetrain.sparsity.topk import global_masks, layerwise_masks
 from sparsetrain.train.lottery import run_lottery, run_oneshot
 
 MASKED = 270_896  # conv + linear weights of resnet20
@@ -74,6 +75,33 @@ def test_oneshot_prunes_by_magnitude_and_fine_tunes(tmp_path: Path, capsys) -> N
     assert sum(int(ft[n + "_mask"].sum()) for n in names) == round(0.3 * MASKED)
     s = run_oneshot(load_config(recipe), dense.run_dir / "last.pt", resume=True)  # reused
     assert s["steps"] == 8
+
+
+def test_oneshot_prunes_foreign_weights_layerwise_with_an_erk_budget(tmp_path: Path) -> None:
+    """A practitioner's path: a plain state dict trained elsewhere (here: saved from a run, then
+    kept outside any run folder), pruned to ERK densities by per-layer magnitude."""
+    dense = load_config(write_config(tmp_path, tiny_config(tmp_path, train={"epochs": 1})))
+    train(dense)
+    sd = {k: v for k, v in load_checkpoint(dense.run_dir / "last.pt")["model"].items()}
+    weights = tmp_path / "elsewhere" / "resnet20.pth"
+    weights.parent.mkdir()
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, weights)
+    recipe = write_config(tmp_path, tiny_config(tmp_path, name="ft_erk", train={"epochs": 1},
+                                                sparsity={"density": 0.2},
+                                                model={"name": "resnet20",
+                                                       "init_from": str(weights)}))
+    assert main(["oneshot", "--config", str(recipe), "--budget", "erk"]) == 0
+    ft = load_checkpoint(tmp_path / "runs" / "ft_erk" / "last.pt")["model"]
+    names = [k[:-5] for k in ft if k.endswith("_mask")]
+    plan = allocate("erk", {n: tuple(sd[n].shape) for n in names}, 0.2)
+    expected = layerwise_masks({n: sd[n].abs() for n in names}, plan)
+    assert all(torch.equal(expected[n], ft[n + "_mask"]) for n in names)
+    for n in names:  # exact per-layer ERK counts, not a global threshold
+        assert int(ft[n + "_mask"].sum()) == round(plan[n] * sd[n].numel())
+    assert main(["oneshot", "--config", str(recipe), "--checkpoint",
+                 str(dense.run_dir / "last.pt"), "name=both"]) == 2  # both sources: refused
+    assert main(["oneshot", "--config", str(recipe), "--budget", "nope", "name=x"]) == 2
+    assert not (tmp_path / "runs" / "both").exists() and not (tmp_path / "runs" / "x").exists()
 
 
 def test_lottery_cli_and_bad_input(tmp_path: Path, capsys) -> None:

@@ -142,7 +142,7 @@ def _cmd_oneshot(args: argparse.Namespace) -> int:
     from sparsetrain.train.lottery import run_oneshot
 
     cfg = load_config(resolve_recipe(args.config), args.overrides)
-    s = run_oneshot(cfg, args.checkpoint, resume=args.resume)
+    s = run_oneshot(cfg, args.checkpoint, resume=args.resume, budget=args.budget)
     print(f"one-shot at density {s['density']['global']:.4f}: test top-1 "
           f"{100 * s['final']['test_acc']:.2f}%; run dir {cfg.run_dir}")
     return 0
@@ -340,10 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     os_ = _sub(sub, "oneshot", "prune a trained checkpoint once, then fine-tune",
                "  sparsetrain oneshot -c cpu/dense_resnet20_cifar10 --checkpoint "
-               "runs/dense/last.pt sparsity.density=0.1 name=oneshot90")
+               "runs/dense/last.pt sparsity.density=0.1 name=oneshot90\n"
+               "  sparsetrain oneshot -c cpu/dense_resnet56_cifar10 --budget erk "
+               "model.init_from=resnet56.pth sparsity.density=0.1 train.epochs=3 name=ft90")
     os_.add_argument("--config", "-c", required=True, help="fine-tuning recipe "
                      "(sparsity.density = the target)")
-    os_.add_argument("--checkpoint", required=True, help="the trained model to prune")
+    os_.add_argument("--checkpoint", help="the trained sparsetrain model to prune (or give "
+                     "foreign weights as model.init_from=PATH)")
+    os_.add_argument("--budget", default="global", help="global magnitude threshold (default) "
+                     "or a layer-wise budget: erk, er, uniform, uniform_plus, erk_plus")
     os_.add_argument("--resume", action="store_true", help=_RESUME_HELP)
     os_.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES)
     os_.set_defaults(fn=_cmd_oneshot)

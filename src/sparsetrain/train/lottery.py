@@ -6,8 +6,9 @@
   rewind the surviving weights, optimizer state, data order and RNG to step k, and train to the
   end of the schedule again. Round r lives in ``<run_dir>/round_<r>/`` and is resumable: a
   finished round is skipped, an interrupted one continues from its last.pt.
-- ``run_oneshot``: prune a trained checkpoint once by global magnitude and fine-tune it with
-  the recipe's schedule (a fresh optimizer), the single-round case without rewinding.
+- ``run_oneshot``: prune a trained checkpoint (or foreign weights, ``model.init_from``) once by
+  magnitude (global, or per layer with a budget such as ERK) and fine-tune it with the recipe's
+  schedule (a fresh optimizer), the single-round case without rewinding.
 
 Both hand the engine an ordinary checkpoint (weights with mask buffers, optimizer, trainer and
 ``static`` method state) and resume from it, so a round is a normal run directory.
@@ -25,6 +26,7 @@ from sparsetrain.callbacks import Callback
 from sparsetrain.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_write_bytes,
+    foreign_state_dict,
     load_checkpoint,
     load_state,
     rng_state,
@@ -33,10 +35,11 @@ from sparsetrain.checkpoint import (
 from sparsetrain.config import RunConfig, to_yaml, validate
 from sparsetrain.errors import UserError
 from sparsetrain.rundir import RunDir, read_summary
+from sparsetrain.sparsity.allocate import allocate, list_budgets
 from sparsetrain.sparsity.masks import MASK_SUFFIX, prunable_parameters
 from sparsetrain.sparsity.methods import create_method
 from sparsetrain.sparsity.schedules import to_steps
-from sparsetrain.sparsity.topk import global_masks
+from sparsetrain.sparsity.topk import global_masks, layerwise_masks
 from sparsetrain.train.optim import build_optimizer
 from sparsetrain.train.run import build_model, check_config, load_data, train
 
@@ -89,14 +92,18 @@ def _masked_names(cfg: RunConfig, num_classes: int) -> list[str]:
 
 
 def magnitude_masks(state: dict[str, torch.Tensor], names: list[str], density: float,
-                    ) -> dict[str, torch.Tensor]:
-    """Global magnitude masks at ``density``; weights already pruned (mask 0) stay pruned."""
+                    budget: str = "global") -> dict[str, torch.Tensor]:
+    """Magnitude masks at ``density``: one global threshold, or per layer with the densities of
+    ``budget`` (e.g. ``erk``); weights already pruned (mask 0) stay pruned."""
     scores = {}
     for n in names:
         w = state[n].abs().float()
         mask = state.get(n + "_mask")
         scores[n] = w if mask is None else torch.where(mask.bool(), w, float("-inf"))
-    return global_masks(scores, density)
+    if budget == "global":
+        return global_masks(scores, density)
+    shapes = {n: tuple(state[n].shape) for n in names}
+    return layerwise_masks(scores, allocate(budget, shapes, density))
 
 
 def seed_run(cfg: RunConfig, model_state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
@@ -193,35 +200,54 @@ def _lottery(cfg: RunConfig, run: RunDir, rounds: int, prune_fraction: float,
     return summaries
 
 
-def run_oneshot(cfg: RunConfig, checkpoint: str | Path, *, resume: bool = False
-                ) -> dict[str, Any]:
-    """Prune a trained checkpoint once by global magnitude to ``cfg.sparsity.density`` and
-    fine-tune it with ``cfg``'s schedule (a fresh optimizer); ``resume`` continues (or returns
-    the summary of) the one-shot run ``cfg.run_dir``."""
+def run_oneshot(cfg: RunConfig, checkpoint: str | Path | None = None, *, resume: bool = False,
+                budget: str = "global") -> dict[str, Any]:
+    """Prune a trained checkpoint (or, without one, the recipe's ``model.init_from`` weights,
+    e.g. a plain state dict trained elsewhere) once by magnitude to ``cfg.sparsity.density``
+    (``budget``: one global threshold or a layer-wise budget such as ``erk``) and fine-tune it
+    with ``cfg``'s schedule (a fresh optimizer); ``resume`` continues (or returns the summary
+    of) the one-shot run ``cfg.run_dir``."""
     if not 0 < cfg.sparsity.density < 1:
         raise UserError("oneshot prunes to sparsity.density, which must be below 1 (e.g. "
                         f"sparsity.density=0.1), got {cfg.sparsity.density}")
+    if budget != "global" and budget not in list_budgets():
+        raise UserError(f"unknown oneshot budget {budget!r}; choose from "
+                        f"{['global', *list_budgets()]}")
+    if (checkpoint is None) == (not cfg.model.init_from):
+        raise UserError("oneshot prunes either --checkpoint (a sparsetrain checkpoint) or the "
+                        "recipe's model.init_from weights: give exactly one")
     rc = _static_cfg(cfg, None, "static", cfg.sparsity.density)
     check_config(rc)
     src = None
     if not resume:
-        src = load_checkpoint(checkpoint)
-        _check_source(src, rc, checkpoint)
+        src = _oneshot_source(rc, checkpoint)
     with RunDir.claim(rc.out_dir, rc.name, command="oneshot", resume=resume) as run:
         done = _finished(rc.run_dir)
         if done is not None:
             return done
         try:
             if not (rc.run_dir / "last.pt").is_file():
-                src = src if src is not None else load_checkpoint(checkpoint)
-                _check_source(src, rc, checkpoint)
+                src = src if src is not None else _oneshot_source(rc, checkpoint)
                 names = _masked_names(rc, len(src["classes"]))
-                masks = magnitude_masks(src["model"], names, rc.sparsity.density)
-                seed_run(rc, src["model"], masks, classes=src["classes"], source=checkpoint)
+                masks = magnitude_masks(src["model"], names, rc.sparsity.density, budget)
+                seed_run(rc, src["model"], masks, classes=src["classes"],
+                         source=checkpoint or rc.model.init_from)
             return train(rc, resume=True, run=run)
         except BaseException:
             run.abandon()
             raise
+
+
+def _oneshot_source(cfg: RunConfig, checkpoint: str | Path | None) -> dict[str, Any]:
+    """``{"model": weights, "classes": [...]}`` of what oneshot prunes, checked against the
+    recipe's model (foreign weights take the class list of the recipe's data)."""
+    if checkpoint is not None:
+        src = load_checkpoint(checkpoint)
+        _check_source(src, cfg, checkpoint)
+        return src
+    classes = list(load_data(cfg).train.classes)
+    # check_config has loaded these weights into the recipe's model (shapes and names)
+    return {"model": foreign_state_dict(cfg.model.init_from), "classes": classes}
 
 
 def _check_source(src: dict[str, Any], cfg: RunConfig, path: str | Path) -> None:
