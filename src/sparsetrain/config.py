@@ -115,6 +115,9 @@ class SparsityConfig(_Section):
     seed: int | None = Field(None, ge=0)  # default: the run seed
     score_batches: int = Field(1, ge=1)  # training batches seen by data-dependent scores
     budget_options: dict[str, Any] = Field(default_factory=dict)
+    # "N:M" (e.g. "2:4"): at most N active weights in every M consecutive input channels, for
+    # every method; layers whose input dim is not a multiple of M stay dense (README, N:M)
+    structure: str = "unstructured"
     # methods that change masks during training (None: the method's own default).
     # Times: steps (1000), epochs ("80ep") or a fraction of the run ("50%").
     initial_density: float | None = Field(None, gt=0, le=1)  # GMP/GraNet start (GraNet-ST 0.5)

@@ -39,6 +39,7 @@ from sparsetrain.sparsity.allocate import allocate, list_budgets
 from sparsetrain.sparsity.masks import MASK_SUFFIX, prunable_parameters
 from sparsetrain.sparsity.methods import create_method
 from sparsetrain.sparsity.schedules import to_steps
+from sparsetrain.sparsity.structure import cap_scores, parse_structure
 from sparsetrain.sparsity.topk import global_masks, layerwise_masks
 from sparsetrain.train.optim import build_optimizer
 from sparsetrain.train.run import build_model, check_config, load_data, train
@@ -68,7 +69,7 @@ class SaveAtStep(Callback):
             self._save(trainer)
 
 
-_KEEP = ("dense_first", "dense_classifier", "include", "exclude", "seed")
+_KEEP = ("dense_first", "dense_classifier", "include", "exclude", "seed", "structure")
 
 
 def _static_cfg(cfg: RunConfig, name: str | None, method: str, density: float) -> RunConfig:
@@ -77,33 +78,43 @@ def _static_cfg(cfg: RunConfig, name: str | None, method: str, density: float) -
     raw = cfg.model_dump(mode="json")
     if name is not None:
         raw["out_dir"], raw["name"] = str(cfg.run_dir), name
-    keep = {k: raw["sparsity"][k] for k in _KEEP}
+    keep = {k: raw["sparsity"][k] for k in _KEEP if method != "dense" or k != "structure"}
     raw["sparsity"] = {**keep, "method": method, "density": density}
     return validate(raw)
 
 
 def _masked_names(cfg: RunConfig, num_classes: int) -> list[str]:
     sp = cfg.sparsity
+    nm = parse_structure(sp.structure)
     with torch.device("meta"):
         model = build_model(cfg, num_classes)
-    return prunable_parameters(model, dense_first=sp.dense_first,
-                               dense_classifier=sp.dense_classifier, include=sp.include,
-                               exclude=sp.exclude)
+    names = prunable_parameters(model, dense_first=sp.dense_first,
+                                dense_classifier=sp.dense_classifier, include=sp.include,
+                                exclude=sp.exclude)
+    return [n for n in names if nm is None or nm.eligible(model.get_parameter(n).shape)]
 
 
 def magnitude_masks(state: dict[str, torch.Tensor], names: list[str], density: float,
-                    budget: str = "global") -> dict[str, torch.Tensor]:
+                    budget: str = "global", structure: str | None = None,
+                    ) -> dict[str, torch.Tensor]:
     """Magnitude masks at ``density``: one global threshold, or per layer with the densities of
-    ``budget`` (e.g. ``erk``); weights already pruned (mask 0) stay pruned."""
+    ``budget`` (e.g. ``erk``); weights already pruned (mask 0) stay pruned. With an N:M
+    ``structure`` every group keeps at most ``cap_at(density)`` weights (N at ≤ N/M)."""
+    nm = parse_structure(structure)
+    cap = None if nm is None else nm.cap_at(density)
     scores = {}
     for n in names:
         w = state[n].abs().float()
         mask = state.get(n + "_mask")
         scores[n] = w if mask is None else torch.where(mask.bool(), w, float("-inf"))
+        if nm is not None:
+            scores[n] = cap_scores(scores[n], cap, nm.m)
     if budget == "global":
         return global_masks(scores, density)
     shapes = {n: tuple(state[n].shape) for n in names}
-    return layerwise_masks(scores, allocate(budget, shapes, density))
+    densities = (allocate(budget, shapes, density) if nm is None
+                 else nm.densities(budget, shapes, density, cap))
+    return layerwise_masks(scores, densities)
 
 
 def seed_run(cfg: RunConfig, model_state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
@@ -155,7 +166,7 @@ def run_lottery(cfg: RunConfig, *, rounds: int, prune_fraction: float = 0.2,
     if rounds < 1 or not 0 < prune_fraction < 1:
         raise UserError(f"need rounds >= 1 and 0 < prune_fraction < 1, got {rounds}, "
                         f"{prune_fraction}")
-    check_config(cfg)
+    check_config(_static_cfg(cfg, None, "static", 1 - prune_fraction))  # what rounds train
     with RunDir.claim(cfg.out_dir, cfg.name, command="lottery", resume=resume) as run:
         try:
             return _lottery(cfg, run, rounds, prune_fraction, rewind)
@@ -191,7 +202,8 @@ def _lottery(cfg: RunConfig, run: RunDir, rounds: int, prune_fraction: float,
                         raise UserError(f"{rewind_path} is missing (round 0 stopped while "
                                         f"saving it); delete {r0.run_dir} and run again")
                     prev = load_checkpoint(base / f"round_{r - 1}" / "last.pt")
-                    masks = magnitude_masks(prev["model"], names, density)
+                    masks = magnitude_masks(prev["model"], names, density,
+                                            structure=cfg.sparsity.structure)
                     rw = load_checkpoint(rewind_path)
                     seed_run(rc, rw["model"], masks, classes=rw["classes"],
                              trainer_state=rw["trainer"], rng=rw["rng"], source=rewind_path)
@@ -229,7 +241,8 @@ def run_oneshot(cfg: RunConfig, checkpoint: str | Path | None = None, *, resume:
             if not (rc.run_dir / "last.pt").is_file():
                 src = src if src is not None else _oneshot_source(rc, checkpoint)
                 names = _masked_names(rc, len(src["classes"]))
-                masks = magnitude_masks(src["model"], names, rc.sparsity.density, budget)
+                masks = magnitude_masks(src["model"], names, rc.sparsity.density, budget,
+                                        rc.sparsity.structure)
                 seed_run(rc, src["model"], masks, classes=src["classes"],
                          source=checkpoint or rc.model.init_from)
             return train(rc, resume=True, run=run)

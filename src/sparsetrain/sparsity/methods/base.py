@@ -27,7 +27,9 @@ from torch.utils.hooks import RemovableHandle
 
 from sparsetrain.callbacks import Callback
 from sparsetrain.errors import UserError
+from sparsetrain.sparsity.allocate import allocate
 from sparsetrain.sparsity.masks import MaskSet, prunable_parameters
+from sparsetrain.sparsity.structure import NM, cap_scores, parse_structure
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -59,6 +61,8 @@ class SparsityMethod(Callback):
     """Base class: masks on ``model``, a generator, a step counter and the hooks."""
 
     method_name: ClassVar[str] = "base"
+    # the target density must fit N:M (False: a fixed mask above N/M takes the cap that fits)
+    nm_final: ClassVar[bool] = True
     name = "sparsity"  # key of this callback's state in checkpoints
 
     def __init__(
@@ -74,14 +78,24 @@ class SparsityMethod(Callback):
         seed: int = 0,
         total_steps: int | None = None,
         steps_per_epoch: int | None = None,
+        structure: str | None = None,
     ) -> None:
         if not 0 < density <= 1:
             raise UserError(f"density must be in (0, 1], got {density}")
         self.model, self.optimizer = model, optimizer
         self.density = density
+        self.nm: NM | None = parse_structure(structure)
         names = self.select_parameters(model, dense_first=dense_first,
                                        dense_classifier=dense_classifier, include=include,
                                        exclude=exclude)
+        if self.nm is not None:  # layers that cannot carry N:M stay dense (sparsity/structure)
+            names = [n for n in names if self.nm.eligible(model.get_parameter(n).shape)]
+            if not names:
+                raise UserError(f"no layer can carry the {self.nm} structure (input "
+                                f"dimension a multiple of {self.nm.m})")
+            if self.nm_final and density > self.nm.ratio + 1e-12:
+                raise UserError(f"structure {self.nm} keeps at most {self.nm.ratio:g} of the "
+                                f"weights; sparsity.density is {density:g}")
         self.masks = MaskSet(model, names)
         self.generator = torch.Generator().manual_seed(seed)
         self.step_count = 0
@@ -116,6 +130,26 @@ class SparsityMethod(Callback):
 
     def extra_state(self) -> dict[str, Any]:
         return {}
+
+    # -- selection under the structure (identity for unstructured masks) -----------------
+    def group_cap(self, step: int) -> int | None:
+        """The N:M group cap of the masks at ``step`` (None: unstructured); methods whose
+        density falls during training (GMP) raise it while the density is above N/M."""
+        return None if self.nm is None else self.nm.n
+
+    def constrain(self, scores: Mapping[str, torch.Tensor],
+                  cap: int | None) -> Mapping[str, torch.Tensor]:
+        """Scores with all but each N:M group's ``cap`` best at -inf (unchanged without)."""
+        if self.nm is None or cap is None:
+            return scores
+        return {n: cap_scores(s, cap, self.nm.m) for n, s in scores.items()}
+
+    def layer_budget(self, kind: str, density: float, cap: int | None = None,
+                     **options: Any) -> dict[str, float]:
+        """Per-layer densities of budget ``kind``; under N:M every layer is capped at cap/M."""
+        if self.nm is None:
+            return allocate(kind, self.masks.shapes(), density, **options)
+        return self.nm.densities(kind, self.masks.shapes(), density, cap, **options)
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what ``extra_state`` returned."""

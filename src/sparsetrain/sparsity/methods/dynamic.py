@@ -29,23 +29,26 @@ import torch
 from torch import nn
 
 from sparsetrain.errors import UserError
-from sparsetrain.sparsity.allocate import allocate
 from sparsetrain.sparsity.methods.base import Batches, SparsityMethod, register_method
 from sparsetrain.sparsity.schedules import CosineDecay, CubicSchedule, Time, to_steps
+from sparsetrain.sparsity.structure import NM, grow_scores
 from sparsetrain.sparsity.topk import global_masks, layerwise_masks, topk_mask
 
 NEG_INF = float("-inf")
 
 
 def drop_grow(mask: torch.Tensor, weight: torch.Tensor, grow_score: torch.Tensor,
-              k: int) -> torch.Tensor:
+              k: int, nm: NM | None = None, cap: int | None = None) -> torch.Tensor:
     """Drop the ``k`` active weights of smallest |w|, then activate the ``k`` positions with
-    the highest ``grow_score`` among those inactive after the drop (ties: lower index)."""
+    the highest ``grow_score`` among those inactive after the drop (ties: lower index); with
+    an N:M structure, a group grows at most ``cap`` minus its active count."""
     if k <= 0:
         return mask.clone()
     active = mask.bool()
     dropped = topk_mask(torch.where(active, -weight.detach().abs().float(), NEG_INF), k)
     after = mask * (1 - dropped)
+    if nm is not None and cap is not None:
+        grow_score = grow_scores(grow_score, after, cap, nm.m)
     grown = topk_mask(torch.where(after.bool(), NEG_INF, grow_score.float()), k)
     return after + grown
 
@@ -88,10 +91,10 @@ class _Scheduled(SparsityMethod):
 
     def random_erk(self, density: float) -> dict[str, torch.Tensor]:
         """Uniformly random masks with ERK layer densities (the sparse starting point)."""
-        shapes = self.masks.shapes()
         scores = {n: torch.rand(p.shape, generator=self.generator).to(p.device)
                   for n, p in self.masks.params.items()}
-        return layerwise_masks(scores, allocate("erk", shapes, density))
+        cap = self.group_cap(0)
+        return layerwise_masks(self.constrain(scores, cap), self.layer_budget("erk", density, cap))
 
     needs_gradients = False
 
@@ -106,13 +109,13 @@ class _Scheduled(SparsityMethod):
     def regrow(self, masks: Mapping[str, torch.Tensor], fraction: float, *,
                by_gradient: bool, rounding=math.ceil) -> dict[str, torch.Tensor]:
         """Per layer drop/grow ``rounding(fraction · active_l)`` connections."""
-        out = {}
+        out, cap = {}, self.group_cap(self.step_count)
         for n, m in masks.items():
             k = int(rounding(fraction * float(m.sum())))
             w = self.masks.params[n]
             score = (self._grads[n] if by_gradient
                      else torch.rand(m.shape, generator=self.generator).to(m.device))
-            out[n] = drop_grow(m, w, score, k)
+            out[n] = drop_grow(m, w, score, k, self.nm, cap)
         self._grads = {}
         return out
 
@@ -155,14 +158,25 @@ class GMP(_Scheduled):
     def update_due(self, step: int) -> bool:
         return self.cubic.is_update(step)
 
+    def group_cap(self, step: int) -> int | None:
+        """N:M cap of the density of the last pruning step ≤ ``step``: M:M while dense, N:M
+        once the schedule reaches N/M."""
+        if self.nm is None:
+            return None
+        c = self.cubic
+        last = c.t_0 + max(0, step - c.t_0) // c.delta_t * c.delta_t
+        return self.nm.cap_at(1 - c.sparsity(min(last, c.t_f)))
+
     def prune(self, step: int) -> dict[str, torch.Tensor]:
         """Magnitude pruning of the active weights to the scheduled density."""
         target = 1 - self.cubic.sparsity(step)
         scores = {n: torch.where(self.masks.masks[n].bool(), p.detach().abs().float(), NEG_INF)
                   for n, p in self.masks.params.items()}
+        cap = self.group_cap(step)
+        scores = self.constrain(scores, cap)
         if self.pruning == "global":
             return global_masks(scores, target)
-        return layerwise_masks(scores, allocate(self.budget, self.masks.shapes(), target))
+        return layerwise_masks(scores, self.layer_budget(self.budget, target, cap))
 
     def update_masks(self, step: int) -> Mapping[str, torch.Tensor] | None:
         return self.prune(step)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sparsetrain.errors import UserError
-from sparsetrain.sparsity.allocate import allocate, list_budgets
+from sparsetrain.sparsity.allocate import list_budgets
 from sparsetrain.sparsity.methods.base import Batches, SparsityMethod, register_method
 from sparsetrain.sparsity.scores import get_score, ratio_densities
 from sparsetrain.sparsity.topk import bernoulli_masks, global_masks, layerwise_masks
@@ -51,6 +51,9 @@ class Dense(SparsityMethod):
                  **kw: Any) -> None:
         if kw.get("density", 1.0) != 1.0:
             raise UserError("method 'dense' has density 1; pick a sparse method")
+        if kw.get("structure") not in (None, "unstructured"):
+            raise UserError("method 'dense' has no masks; sparsity.structure needs a sparse "
+                            "method")
         super().__init__(model, optimizer, **kw)
 
     def select_parameters(self, model: nn.Module, **options: Any) -> list[str]:
@@ -62,6 +65,7 @@ class Static(SparsityMethod):
     """A mask from a layer budget and a score, computed once before training."""
 
     method_name = "static"
+    nm_final = False  # lottery rounds above N/M: 3:4 at 70%, ... (sparsity/structure.py)
 
     def __init__(
         self,
@@ -85,6 +89,13 @@ class Static(SparsityMethod):
                              kw.get("dense_classifier", False))
         self.budget, self.score, self.bernoulli = budget, score, bernoulli
         self.budget_options = dict(budget_options or {})
+        if self.nm is not None and (bernoulli or budget in RATIO_BUDGETS):
+            raise UserError(f"structure {self.nm} needs exact top-k masks: bernoulli and the "
+                            "ratio budgets are unstructured only")
+
+
+    def group_cap(self, step: int) -> int | None:
+        return None if self.nm is None else self.nm.cap_at(self.density)
 
     @property
     def needs_data(self) -> bool:
@@ -99,11 +110,12 @@ class Static(SparsityMethod):
             densities = ratio_densities(RATIO_BUDGETS[self.budget], self.model, names, batches,
                                         density=self.density, generator=self.generator)
         elif self.budget != "global":
-            densities = allocate(self.budget, shapes, self.density, **self.budget_options)
+            densities = self.layer_budget(self.budget, self.density, **self.budget_options)
         if self.bernoulli:
             return bernoulli_masks(densities, shapes, self.generator)
         scores = get_score(self.score)(self.model, names, batches, generator=self.generator,
                                        density=self.density)
+        scores = self.constrain(scores, self.group_cap(0))
         if self.budget == "global":
             return global_masks(scores, self.density)
         return layerwise_masks(scores, densities)
