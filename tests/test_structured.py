@@ -184,7 +184,7 @@ def test_importance_options():
                 for n in g.out_layers)
     assert l2["conv1"] == sorted(torch.argsort(total, descending=True)[:8].tolist())
     with pytest.raises(UserError):
-        kept_indices(groups, ratios, "taylor")
+        kept_indices(groups, ratios, "hessian")
     with pytest.raises(UserError):
         prune_model(m, {"conv1": 1.0}, groups=groups)
     with pytest.raises(UserError):

@@ -23,6 +23,7 @@ from sparsetrain.structured.correlate import (
 from sparsetrain.structured.groups import (
     IMPORTANCES,
     ChannelGroup,
+    accumulate_gradients,
     apply_kept,
     kept_count,
     prunable_groups,
@@ -55,6 +56,7 @@ __all__ = [
     "Strategy",
     "StrategySampler",
     "abn_batches",
+    "accumulate_gradients",
     "adaptive_bn",
     "apply_kept",
     "build_pruned",

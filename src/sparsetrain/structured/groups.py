@@ -19,7 +19,16 @@ pruning functions remove the channels.
   channels the group removes, of the L1/L2 norm of that channel's filter (EagleEye's filter-norm
   criterion; a residual group sums the norms of all convs tied by the addition). Input-channel
   slices and BN parameters do not contribute. ``random`` = i.i.d. uniform scores from the given
-  generator.
+  generator. Also, as Torch-Pruning offers them (our own implementations, same sums over the
+  group's output-channel layers):
+  ``bn_scale`` = |γ| of the group's BatchNorms (Network Slimming, Liu et al. 2017);
+  ``taylor`` = Σ |w · ∂L/∂w| over each filter (Molchanov et al. 2019), from the gradients in the
+  weights' ``.grad`` (see :func:`accumulate_gradients`);
+  ``fpgm`` = Σ_j ‖F_i − F_j‖₂ over the other filters of the same layer (He et al. 2019: filters
+  near the geometric median are redundant);
+  ``lamp`` = LAMP scores (Lee et al. 2021) of the squared L2 norms, s_i / Σ_{s_j ≥ s_i} s_j: a
+  monotone transform within a layer, so with EagleEye's per-group ratios it keeps exactly the
+  ``l2`` channels; it differs only where channels of several layers compete for one budget.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from sparsetrain.models.pointwise import guard_strided_pointwise
 __all__ = [
     "IMPORTANCES",
     "ChannelGroup",
+    "accumulate_gradients",
     "apply_kept",
     "channel_importance",
     "classifier_layers",
@@ -49,7 +59,7 @@ __all__ = [
     "prune_model",
 ]
 
-IMPORTANCES = ("l1", "l2", "random")
+IMPORTANCES = ("l1", "l2", "random", "bn_scale", "taylor", "fpgm", "lamp")
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -130,18 +140,58 @@ def channel_importance(
         raise UserError(f"unknown importance {importance!r}; choose from {IMPORTANCES}")
     if importance == "random":
         return torch.rand(cg.channels, generator=generator, dtype=torch.float64)
-    p = 1 if importance == "l1" else 2
     score = torch.zeros(cg.channels, dtype=torch.float64)
     dg = cg.graph
     for item in cg.group:
         module = item.dep.target.module
-        is_filter = dg.is_out_channel_pruning_fn(item.dep.handler)
-        if not (isinstance(module, PRUNABLE_TYPES) and is_filter):
+        if not dg.is_out_channel_pruning_fn(item.dep.handler):
             continue
-        w = module.weight.detach().double().flatten(1)  # [out, in * kh * kw]
-        norms = w.norm(p=p, dim=1).cpu()
-        score.index_add_(0, torch.as_tensor(item.root_idxs), norms[torch.as_tensor(item.idxs)])
+        if importance == "bn_scale":
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.weight is None:
+                continue
+            local = module.weight.detach().double().abs().cpu()
+        elif isinstance(module, PRUNABLE_TYPES):
+            local = _filter_scores(module.weight, importance)
+        else:
+            continue
+        score.index_add_(0, torch.as_tensor(item.root_idxs), local[torch.as_tensor(item.idxs)])
     return score
+
+
+def _filter_scores(weight: torch.Tensor, importance: str) -> torch.Tensor:
+    """Per-filter scores of one conv/linear weight ``[out, ...]`` (float64, on the CPU)."""
+    w = weight.detach().double().flatten(1).cpu()  # [out, in * kh * kw]
+    if importance in ("l1", "l2"):
+        return w.norm(p=1 if importance == "l1" else 2, dim=1)
+    if importance == "taylor":
+        if weight.grad is None:
+            raise UserError("importance 'taylor' needs gradients in the weights' .grad "
+                            "(sparsetrain.structured.accumulate_gradients)")
+        return (w * weight.grad.detach().double().flatten(1).cpu()).abs().sum(1)
+    if importance == "fpgm":
+        return torch.cdist(w, w).sum(1)
+    s = w.pow(2).sum(1)  # lamp on squared L2 norms
+    order = torch.sort(s, stable=True).indices  # ascending
+    tail = s[order].flip(0).cumsum(0).flip(0)  # Σ of the scores >= each, in sorted order
+    out = torch.empty_like(s)
+    out[order] = s[order] / tail.clamp_min(1e-300)
+    return out
+
+
+def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                         ) -> None:
+    """``.grad`` of every parameter = the summed gradient of the batch-mean cross-entropy over
+    ``batches``, in eval mode (running BN statistics), for the ``taylor`` importance."""
+    model.zero_grad(set_to_none=True)
+    training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.enable_grad():
+            for x, y in batches:
+                nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
+    finally:
+        model.train(training)
 
 
 def kept_count(channels: int, ratio: float, round_to: int | None = None) -> int:
