@@ -1,5 +1,5 @@
-"""``sparsetrain`` command line: train, lottery, oneshot, prune, eval, report, bench, budget,
-list.
+"""``sparsetrain`` command line: train, lottery, oneshot, prune, eval, report, export, bench,
+budget, list.
 
 Bad input (unknown names, out-of-range values, missing or corrupt files) prints one line
 ``sparsetrain: error: ...`` and exits with code 2 before any work, leaving outputs untouched.
@@ -199,6 +199,23 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     print(f"EagleEye: MACs {st.get('macs', 0) / 1e6:.1f}M of {st.get('macs_dense', 0) / 1e6:.1f}M"
           + (f", fine-tuned top-1 {100 * acc:.2f}%" if acc is not None else "")
           + f"; run dir {cfg.run_dir}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sparsetrain.export import ExportCheckError, export_checkpoint
+
+    try:
+        res = export_checkpoint(args.checkpoint, args.format, out=args.out,
+                                fold_bn=args.fold_bn, tolerance=args.tolerance,
+                                overwrite=args.overwrite)
+    except ExportCheckError as e:  # a wrong artifact: nothing written, exit code 1
+        print(f"sparsetrain: error: {e}", file=sys.stderr)
+        return 1
+    c = res.card
+    print(f"wrote {res.path} ({c['format']}{', BN folded' if c['fold_bn'] else ''}; density "
+          f"{c['density']:.4f}); max abs diff vs the checkpoint {c['check']['max_abs_diff']:.3g} "
+          f"(tolerance {c['check']['tolerance']:g}); card {res.card_json}, {res.card_md}")
     return 0
 
 
@@ -414,6 +431,26 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--resume", action="store_true", help=_RESUME_HELP)
     ee.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES)
     ee.set_defaults(fn=_cmd_prune)
+
+    from sparsetrain.export.formats import list_formats
+
+    ex = _sub(sub, "export", "a checkpoint as a plain, checked TorchScript/torch.export/ONNX "
+              "file with a model card",
+              "  sparsetrain export runs/erk90/best.pt --format pt2\n"
+              "  sparsetrain export runs/ee56/last.pt --format onnx --fold-bn --out ee56.onnx")
+    ex.add_argument("checkpoint", help="a last.pt / best.pt of a run (or a pruned checkpoint)")
+    ex.add_argument("--format", required=True, choices=list_formats(),
+                    help="pt (TorchScript), pt2 (torch.export) or onnx (needs the "
+                         "sparsetrain[export] extra)")
+    ex.add_argument("--out", help="output file, outside any run folder (default "
+                    "exports/<run>-<checkpoint>.<ext>); the card is <out>.card.json/.md")
+    ex.add_argument("--fold-bn", action="store_true",
+                    help="fold every BatchNorm that follows a conv into that conv")
+    ex.add_argument("--tolerance", type=_finite, default=1e-4,
+                    help="largest max abs difference to the checkpoint's model on the check "
+                         "batch (default 1e-4); above it: exit 1, nothing written")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    ex.set_defaults(fn=_cmd_export)
 
     bench = _sub(sub, "bench", "measurements", "  sparsetrain bench latency --help")
     bs = bench.add_subparsers(dest="what", required=True, parser_class=_Parser)
