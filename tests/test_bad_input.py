@@ -9,6 +9,7 @@ before is byte-identical afterwards, and no file or folder was added (the run fo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -114,6 +115,8 @@ EE = ["prune", "eagleeye", "-c", "recipe.yaml", "--checkpoint", "runs/done/last.
       "--candidates", "2", "--abn-batches", "1"]
 REP = ["report", "runs/done"]
 CKPT = "runs/done/last.pt"
+X = ["export", CKPT, "--format", "pt"]
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
 
 # (id, argv, message fragment, preparation of the world)
 CASES: list[tuple[str, list[str], str, Prep | None]] = [
@@ -252,6 +255,20 @@ CASES: list[tuple[str, list[str], str, Prep | None]] = [
      None),
     ("report-filter-nothing", [*REP, "--out", "r.html", "--filter", "model=vgg*"],
      "no run matches", None),
+    # -- export ---------------------------------------------------------------------------
+    ("export-missing", ["export", "missing.pt", "--format", "pt"], "not found", None),
+    ("export-garbage", ["export", "garbage.pt", "--format", "pt"], "corrupt", None),
+    ("export-fake", ["export", "fake.pt", "--format", "pt2"],
+     "not a sparsetrain model checkpoint", None),
+    ("export-format-unknown", ["export", CKPT, "--format", "tflite"], "invalid choice", None),
+    ("export-out-in-run", [*X, "--out", "runs/done/model.pt"], "inside the run folder", None),
+    ("export-out-in-run-subfolder", [*X, "--out", "runs/done/new/model.pt"],
+     "inside the run folder", None),
+    ("export-out-exists", [*X, "--out", "afile"], "afile exists; pass --overwrite", None),
+    ("export-out-folder", [*X, "--out", "empty"], "is a folder", None),
+    ("export-tolerance-negative", [*X, "--tolerance", "-1"], "--tolerance must be >= 0", None),
+    *([("export-onnx-without-extra", ["export", CKPT, "--format", "onnx"],
+        "pip install 'sparsetrain[export]'", None)] if not HAS_ONNX else []),
     # -- budget and list ------------------------------------------------------------------
     ("budget-density-zero", ["budget", "--model", "resnet20", "--density", "0"], "(0, 1]",
      None),
