@@ -266,6 +266,8 @@ CASES: list[tuple[str, list[str], str, Prep | None]] = [
      "inside the run folder", None),
     ("export-out-exists", [*X, "--out", "afile"], "afile exists; pass --overwrite", None),
     ("export-out-folder", [*X, "--out", "empty"], "is a folder", None),
+    ("export-over-checkpoint", ["export", "r32.pt", "--format", "pt", "--out", "r32.pt",
+                                "--overwrite"], "is the checkpoint itself", None),
     ("export-tolerance-negative", [*X, "--tolerance", "-1"], "--tolerance must be >= 0", None),
     *([("export-onnx-without-extra", ["export", CKPT, "--format", "onnx"],
         "pip install 'sparsetrain[export]'", None)] if not HAS_ONNX else []),

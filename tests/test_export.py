@@ -21,7 +21,7 @@ from sparsetrain.config import validate
 from sparsetrain.evaluate.cost import flop_counts
 from sparsetrain.export import FORMATS, fold_batchnorm, plain_model
 from sparsetrain.export.formats import Format
-from sparsetrain.models import create_model
+from sparsetrain.models import create_model, list_models
 from sparsetrain.models.pointwise import SubsampledPointwiseConv2d
 from sparsetrain.sparsity.masks import MaskSet, prunable_parameters
 from sparsetrain.structured.groups import prunable_groups, prune_model
@@ -247,6 +247,25 @@ def test_fold_batchnorm_leaves_a_conv_with_other_users_alone() -> None:
     assert n == 0 and torch.equal(folded(x), expected)
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_fold_batchnorm_every_registered_model(name: str) -> None:
+    """Every conv -> BN pair folds (WRN's pre-activation BNs follow an addition or the input of
+    a block, not a conv, and stay); the output is the model's to fp32 rounding."""
+    model = create_model(name)
+    _randomize_bn(model, 7)
+    model.eval()
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    folded, n = fold_batchnorm(plain_model(copy.deepcopy(model)))
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert n + left == bns and n > 0
+    if not name.startswith("wrn"):
+        assert left == 0
+    x = torch.randn(1, *model.input_size, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        y = model(x)
+        assert (folded(x) - y).abs().max() <= 1e-5 * max(1.0, float(y.abs().max()))
+
+
 def test_fold_bn_on_a_sparse_resnet(sparse_run: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     reference = load_model(load_checkpoint(sparse_run), sparse_run).eval()
@@ -265,6 +284,7 @@ def test_fold_bn_on_a_sparse_resnet(sparse_run: Path, tmp_path: Path,
     assert code == 0, err
     card = json.loads((tmp_path / "exports/tiny-last.pt.card.json").read_text())
     assert card["fold_bn"] is True and card["batchnorm_folded"] == 21
+    assert card["check"]["tolerance"] == 1e-3 and card["check"]["max_abs_diff"] <= 1e-5
     assert card["parameters"]["total"] == 272_474 - 2 * sum(
         m.num_features for m in reference.modules() if isinstance(m, nn.BatchNorm2d)) + sum(
         m.out_channels for m in reference.modules() if isinstance(m, nn.Conv2d))

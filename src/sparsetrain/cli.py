@@ -446,9 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "exports/<run>-<checkpoint>.<ext>); the card is <out>.card.json/.md")
     ex.add_argument("--fold-bn", action="store_true",
                     help="fold every BatchNorm that follows a conv into that conv")
-    ex.add_argument("--tolerance", type=_finite, default=1e-4,
+    ex.add_argument("--tolerance", type=_finite,
                     help="largest max abs difference to the checkpoint's model on the check "
-                         "batch (default 1e-4); above it: exit 1, nothing written")
+                         "batch (default 1e-4, with --fold-bn 1e-3); above it: exit 1, "
+                         "nothing written")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output")
     ex.set_defaults(fn=_cmd_export)
 

@@ -60,7 +60,7 @@ def accuracy_of(checkpoint: Path) -> dict[str, Any] | None:
     metrics = summary.get(section) or {}
     out: dict[str, Any] = {"summary": str(path), "section": section}
     out.update({k: v for k, v in metrics.items()
-                if isinstance(v, int | float) and ("acc" in k or "top" in k)})
+                if isinstance(v, int | float) and k.endswith(("acc", "top1", "top5"))})
     record = (summary.get("eval") or {}).get(checkpoint.name)
     if isinstance(record, dict):
         out["eval"] = {k: record[k] for k in ("top1", "top5", "nll", "ece") if k in record}
