@@ -342,3 +342,41 @@ def test_a_wrong_artifact_exits_1_and_leaves_nothing(
     code, _, err = _export([str(sparse_run), "--format", "pt", "--overwrite"], capsys)
     assert code == 1 and "nothing written" in err
     assert {p.name: p.read_bytes() for p in (tmp_path / "exports").iterdir()} == before
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_bench_latency_times_exported_artifacts(fmt: str, pruned_ckpt: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a user ships is what they time: bench latency reads the artifact and its card."""
+    from sparsetrain.evaluate.artifacts import load_timed
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", str(pruned_ckpt), "--format", fmt, "--out", str(out)]) == 0
+    card = json.loads(out.with_name(out.name + ".card.json").read_text())
+    timed = load_timed(out)
+    assert timed.macs == card["macs"]["effective"] > 0
+    assert timed.kind == {"pt": "torchscript", "pt2": "torch.export", "onnx": "onnx"}[fmt]
+    reference = load_model(load_checkpoint(pruned_ckpt), pruned_ckpt).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(timed.module(x), reference(x), atol=1e-4, rtol=1e-4)
+    capsys.readouterr()
+    assert main(["bench", "latency", str(out), str(pruned_ckpt), "--batch-sizes", "2",
+                 "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [ln for ln in lines if str(out)[-40:] in ln]
+    expected = ["fp32"] if fmt == "onnx" else ["fp32", "bf16"]
+    assert [ln.split()[-4] for ln in rows] == expected
+    assert f"{card['macs']['effective'] / 1e6:.1f}M" in rows[0]
+    assert sum("checkpoint" in ln for ln in lines[1:]) == 2  # the checkpoint itself, 2 rows
+
+
+def test_bench_latency_rejects_a_corrupt_artifact(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "broken.pt2"
+    bad.write_bytes(b"not an archive")
+    assert main(["bench", "latency", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.pt2" in err[0]

@@ -222,23 +222,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bench_latency(args: argparse.Namespace) -> int:
     import torch
 
-    from sparsetrain.checkpoint import load_checkpoint, load_model
-    from sparsetrain.evaluate.cost import measure_latency, param_counts
+    from sparsetrain.evaluate.artifacts import load_timed
+    from sparsetrain.evaluate.cost import measure_latency
     from sparsetrain.precision import resolve_device
-    from sparsetrain.structured.macs import macs_params
 
     dev = resolve_device(args.device)
-    models = [(path, load_model(load_checkpoint(path), path)) for path in args.checkpoints]
-    print(f"{'checkpoint':<40} {'MACs':>9} {'params':>10} {'prec':>5} {'batch':>5} "
-          f"{'ms':>9} {'img/s':>9}")
-    for path, model in models:  # every checkpoint is checked before the first measurement
-        model = model.to(dev).to(memory_format=torch.channels_last)
-        macs, _ = macs_params(model)
-        params = param_counts(model)["total"]
-        res = measure_latency(model, device=dev, batch_sizes=tuple(args.batch_sizes),
-                              repeats=args.repeats)
+    models = [(path, load_timed(path)) for path in args.checkpoints]
+    print(f"{'checkpoint / artifact':<40} {'kind':>12} {'MACs':>9} {'params':>10} {'prec':>5} "
+          f"{'batch':>5} {'ms':>9} {'img/s':>9}")
+    for path, t in models:  # every file is checked before the first measurement
+        model, where = t.module, dev
+        if t.kind == "checkpoint":
+            model = model.to(dev).to(memory_format=torch.channels_last)
+        else:  # exported artifacts run where they were exported: the CPU
+            where = torch.device("cpu")
+        res = measure_latency(model, device=where, batch_sizes=tuple(args.batch_sizes),
+                              precisions=t.precisions, repeats=args.repeats)
+        macs = "—" if t.macs is None else f"{t.macs / 1e6:.1f}M"
+        params = "—" if t.params is None else f"{t.params:,}"
         for r in res.values():
-            print(f"{str(path)[-40:]:<40} {macs / 1e6:>8.1f}M {params:>10,} "
+            print(f"{str(path)[-40:]:<40} {t.kind:>12} {macs:>9} {params:>10} "
                   f"{r['precision']:>5} {r['batch']:>5} {r['ms']:>9.2f} "
                   f"{r['images_per_s']:>9.0f}")
     return 0
@@ -455,9 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = _sub(sub, "bench", "measurements", "  sparsetrain bench latency --help")
     bs = bench.add_subparsers(dest="what", required=True, parser_class=_Parser)
-    lat = _sub(bs, "latency", "batch-1/64 latency of checkpoints, fp32 and bf16",
-               "  sparsetrain bench latency runs/dense56/last.pt runs/ee56/last.pt")
-    lat.add_argument("checkpoints", nargs="+", help="checkpoints to measure")
+    lat = _sub(bs, "latency", "batch-1/64 latency of checkpoints or exported artifacts "
+               "(.pt TorchScript, .pt2, .onnx), fp32 and bf16",
+               "  sparsetrain bench latency runs/dense56/last.pt runs/ee56/last.pt\n"
+               "  sparsetrain bench latency exports/ee56-last.pt2 exports/ee56-last.pt")
+    lat.add_argument("checkpoints", nargs="+", help="checkpoints or exported artifacts")
     lat.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     lat.add_argument("--batch-sizes", type=_count(1), nargs="+", default=[1, 64],
                      help="batch sizes (default 1 64)")
