@@ -93,20 +93,27 @@ def _median_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def linear_rows(repeats: int) -> list[dict]:
+def linear_rows(repeats: int, rounds: int) -> list[dict]:
+    """Dense ``F.linear`` and each sparse format timed alternately over ``rounds``."""
     rows = []
     g = torch.Generator().manual_seed(0)
     for out_f, in_f in ((3072, 768), (4096, 4096)):
+        w = torch.randn(out_f, in_f, generator=g)
+        formats = {(kind, d): _sparse_weight(w, kind, d, g)
+                   for kind, d in (("CSR", 0.5), ("CSR", 0.1), ("CSR", 0.02), ("BSR16", 0.1))}
         for batch in (1, 64):
             x = torch.randn(batch, in_f, generator=g)
-            w = torch.randn(out_f, in_f, generator=g)
-            dense_ms = _median_ms(lambda w=w, x=x: F.linear(x, w), repeats)
-            for kind, density in (("CSR", 0.5), ("CSR", 0.1), ("CSR", 0.02), ("BSR16", 0.1)):
-                ws = _sparse_weight(w, kind, density, g)
-                xt = x.t().contiguous()
-                ms = _median_ms(lambda ws=ws, xt=xt: torch.sparse.mm(ws, xt), repeats)
+            xt = x.t().contiguous()
+            dense, sparse = [], {key: [] for key in formats}
+            for _ in range(rounds):
+                dense.append(_median_ms(lambda w=w, x=x: F.linear(x, w), repeats))
+                for key, ws in formats.items():
+                    sparse[key].append(_median_ms(lambda ws=ws, xt=xt: torch.sparse.mm(ws, xt),
+                                                  repeats))
+            for (kind, d), times in sparse.items():
                 rows.append({"shape": f"{out_f}x{in_f}", "batch": batch, "kind": kind,
-                             "density": density, "dense_ms": dense_ms, "sparse_ms": ms})
+                             "density": d, "dense_ms": statistics.median(dense),
+                             "sparse_ms": statistics.median(times)})
     return rows
 
 
@@ -141,8 +148,8 @@ def markdown(nets: list[dict], lins: list[dict], semi: str, bf16: str, repeats: 
     base = nets[0]
     out = [header("Speed paths: which sparse artifact is faster than dense on this device "
                   "(`benchmarks/speed_paths.py`)"),
-           f"Median of {repeats} forward passes after 5 warm-up passes (networks: the median "
-           "over interleaved rounds), eval mode, both cores.\n",
+           f"Median of {repeats} forward passes after 5 warm-up passes, then the median over "
+           "rounds that interleave the paths, eval mode, both cores.\n",
            "| ResNet-56 path | MACs | fp32 b1 ms | fp32 b64 ms | bf16 b1 ms | bf16 b64 ms | "
            "verdict fp32 b64 | verdict bf16 b64 |", "|---|---|---|---|---|---|---|---|"]
     for r in nets:
@@ -168,7 +175,8 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="append the table to BENCHMARKS.md")
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
     args = ap.parse_args()
-    nets, lins = network_rows(args.repeats, args.rounds), linear_rows(args.repeats)
+    nets = network_rows(args.repeats, args.rounds)
+    lins = linear_rows(args.repeats, args.rounds)
     text = markdown(nets, lins, semi_structured_row(), bf16_csr_supported(), args.repeats)
     print(text)
     if args.json:
