@@ -88,7 +88,19 @@ def _closest(value: str, choices: list[str]) -> str:
 
 
 def _lookup(name: str) -> tuple[Factory, ModelInfo]:
+    from sparsetrain.models.external import (
+        DEFAULT_CLASSES,
+        EXTERNAL_PREFIXES,
+        INPUT_SIZE,
+        create_external,
+    )
+
     entry = _REGISTRY.get(name)
+    if entry is None and isinstance(name, str) and name.startswith(tuple(EXTERNAL_PREFIXES)):
+        def factory(num_classes: int = DEFAULT_CLASSES, **kw: Any) -> nn.Module:
+            return create_external(name, num_classes, **kw)
+
+        return factory, ModelInfo(name, name.split("/")[0], INPUT_SIZE, DEFAULT_CLASSES)
     if entry is None:
         raise UserError(
             f"unknown model {name!r}; closest valid names: {_closest(str(name), list_models())}"
