@@ -132,6 +132,14 @@ class SparsityConfig(_Section):
     # keeps its value and momentum ("keep", an ablation)
     revive: Literal["zero", "keep"] | None = None
 
+    @field_validator("structure", mode="before")
+    @classmethod
+    def _sexagesimal(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124: read it back as "2:4"
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 60:
+            return f"{v // 60}:{v % 60}"
+        return v
+
     @model_validator(mode="after")
     def _density_given(self) -> SparsityConfig:
         # a sparse method with the default density 1 would train dense under a sparse label

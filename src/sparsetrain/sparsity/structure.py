@@ -74,7 +74,8 @@ class NM:
 
 
 def parse_structure(text: str | None) -> NM | None:
-    """``"unstructured"`` (or None) -> None; ``"N:M"`` with 1 ≤ N < M ≤ 64 -> :class:`NM`."""
+    """``"unstructured"`` (or None) -> None; ``"N:M"`` with 1 ≤ N < M ≤ 32 -> :class:`NM`
+    (M < 60 keeps YAML's base-60 reading of an unquoted ``2:4`` reversible, see config.py)."""
     if text is None or text == "unstructured":
         return None
     match = re.fullmatch(r"(\d+):(\d+)", str(text).strip())
@@ -82,8 +83,8 @@ def parse_structure(text: str | None) -> NM | None:
         raise UserError(f"sparsity.structure must be 'unstructured' or 'N:M' (e.g. '2:4'), "
                         f"got {text!r}")
     n, m = int(match[1]), int(match[2])
-    if not 1 <= n < m <= 64:
-        raise UserError(f"sparsity.structure {text!r}: need 1 <= N < M <= 64")
+    if not 1 <= n < m <= 32:
+        raise UserError(f"sparsity.structure {text!r}: need 1 <= N < M <= 32")
     return NM(n, m)
 
 
