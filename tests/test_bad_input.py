@@ -206,6 +206,10 @@ CASES: list[tuple[str, list[str], str, Prep | None]] = [
                              "name=o"], "give exactly one", None),
     ("oneshot-no-source", ["oneshot", "-c", "recipe.yaml", "sparsity.density=0.1", "name=o"],
      "give exactly one", None),
+    ("eagleeye-no-source", ["prune", "eagleeye", "-c", "recipe.yaml", "name=e"],
+     "give exactly one", None),
+    ("eagleeye-two-sources", [*EE, "model.init_from=r32.pt", "name=e"], "give exactly one",
+     None),
     # -- eval -----------------------------------------------------------------------------
     ("eval-missing", [*E, "missing.pt"], "not found", None),
     ("eval-garbage", [*E, "garbage.pt"], "corrupt", None),

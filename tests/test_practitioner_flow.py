@@ -1,7 +1,8 @@
 """The practitioner's path end to end, through the CLI (issue 17): dense weights trained
 elsewhere (a plain state dict outside any run folder) -> one-shot ERK-magnitude pruning +
-fine-tune, and GraNet fine-tuning to the same density -> `sparsetrain export` -> the artifact,
-loaded in a process where sparsetrain cannot be imported, reproduces the run's test accuracy."""
+fine-tune, GraNet fine-tuning to the same density, or EagleEye channel pruning to 50% MACs ->
+`sparsetrain export` -> the artifact, loaded in a process where sparsetrain cannot be imported,
+reproduces the run's test accuracy."""
 
 from __future__ import annotations
 
@@ -66,12 +67,12 @@ def _artifact_accuracy(artifact: Path, data: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("flow", ["oneshot_erk", "granet"])
+@pytest.mark.parametrize("flow", ["oneshot_erk", "granet", "eagleeye"])
 def test_foreign_weights_to_a_shipped_sparse_artifact(flow: str, pretrained, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     weights, data = pretrained
     monkeypatch.chdir(tmp_path)
-    sparsity = {"density": 0.1}
+    sparsity = {"density": 0.1} if flow != "eagleeye" else {}
     if flow == "granet":
         sparsity.update(method="granet", delta_t=2, t_end="50%")
     recipe = write_config(tmp_path, tiny_config(
@@ -79,11 +80,18 @@ def test_foreign_weights_to_a_shipped_sparse_artifact(flow: str, pretrained, tmp
         sparsity=sparsity))
     if flow == "oneshot_erk":
         assert main(["oneshot", "--config", str(recipe), "--budget", "erk"]) == 0
-    else:
+    elif flow == "granet":
         assert main(["train", "--config", str(recipe)]) == 0
+    else:
+        assert main(["prune", "eagleeye", "--config", str(recipe), "--flops", "0.5",
+                     "--candidates", "2", "--abn-batches", "1", "--holdout", "64",
+                     "--baselines", "none", "--workers", "1"]) == 0
     run = tmp_path / "runs" / flow
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["density"]["global"] == pytest.approx(0.1, abs=2e-3)
+    if flow == "eagleeye":
+        assert abs(summary["structured"]["macs_ratio"] - 0.5) <= 0.005
+    else:
+        assert summary["density"]["global"] == pytest.approx(0.1, abs=2e-3)
     artifact = tmp_path / f"{flow}.pt2"
     assert main(["export", str(run / "last.pt"), "--format", "pt2", "--out", str(artifact)]) == 0
     card = json.loads(artifact.with_name(artifact.name + ".card.json").read_text())

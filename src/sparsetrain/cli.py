@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
               "# baselines in a second process")
     ee.add_argument("--config", "-c", required=True,
                     help="recipe for data and fine-tuning (model.name = the checkpoint's)")
-    ee.add_argument("--checkpoint", required=True, help="trained dense model")
+    ee.add_argument("--checkpoint", help="trained dense sparsetrain model (or give foreign "
+                    "weights as model.init_from=PATH)")
     ee.add_argument("--flops", type=_finite, default=0.5, help="target MACs fraction")
     ee.add_argument("--candidates", type=_count(1), default=100,
                     help="candidates searched (default 100)")

@@ -74,10 +74,24 @@ class EagleEyeOptions:
         return self.vanilla or self.correlate > 0 or (self.finetune and "random" in self.baselines)
 
 
-def _dense_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    from sparsetrain.checkpoint import load_checkpoint, load_model
+def _dense_model(cfg: RunConfig, checkpoint: str | Path | None
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """The dense model to prune: a sparsetrain checkpoint, or the recipe's model with the
+    foreign weights of ``model.init_from`` (a plain / torchvision / timm state dict)."""
+    from sparsetrain.checkpoint import init_from, load_checkpoint, load_model
+    from sparsetrain.data import get_dataset_info
+    from sparsetrain.models import create_model, model_info
     from sparsetrain.sparsity.masks import MASK_SUFFIX
 
+    if (checkpoint is None) == (not cfg.model.init_from):
+        raise UserError("prune eagleeye prunes either --checkpoint (a sparsetrain checkpoint) "
+                        "or the recipe's model.init_from weights: give exactly one")
+    if checkpoint is None:
+        n = (get_dataset_info(cfg.data.dataset).num_classes
+             or model_info(cfg.model.name).default_num_classes)
+        model = create_model(cfg.model.name, num_classes=n, **cfg.model.kwargs)
+        init_from(model, cfg.model.init_from)
+        return model.eval(), {"classes": [str(k) for k in range(n)]}
     ckpt = load_checkpoint(checkpoint)
     if any(k.endswith(MASK_SUFFIX) for k in ckpt["model"]):
         raise UserError(f"{checkpoint} holds sparsity masks; EagleEye prunes dense models")
@@ -86,7 +100,7 @@ def _dense_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def run_eagleeye(
-    cfg: RunConfig, checkpoint: str | Path, opts: EagleEyeOptions | None = None, *,
+    cfg: RunConfig, checkpoint: str | Path | None, opts: EagleEyeOptions | None = None, *,
     resume: bool = False,
 ) -> dict[str, Any]:
     """Search, pick the best adaptive-BN candidate, fine-tune it (and the baselines); returns
@@ -102,7 +116,8 @@ def run_eagleeye(
     unknown = sorted(set(o.baselines) - {"uniform", "random"})
     if unknown:
         raise UserError(f"unknown EagleEye baseline(s) {unknown}; choose from uniform, random")
-    dense, ckpt = _dense_model(checkpoint)
+    dense, ckpt = _dense_model(cfg, checkpoint)
+    checkpoint = checkpoint or cfg.model.init_from
     if cfg.model.name != getattr(dense, "arch_name", None):
         raise UserError(f"the recipe's model {cfg.model.name!r} is not the checkpoint's "
                         f"{dense.arch_name!r}")
