@@ -18,7 +18,7 @@ from torch import nn
 
 from conftest import tiny_config, write_config
 from sparsetrain import UserError, load_config, train
-from sparsetrain.checkpoint import load_checkpoint, load_model
+from sparsetrain.checkpoint import load_checkpoint
 from sparsetrain.distill import (
     Discriminator,
     Distillation,
@@ -29,6 +29,7 @@ from sparsetrain.distill import (
     distill_loss,
     soft_target,
 )
+from sparsetrain.loading import load_model
 
 torch.set_num_threads(1)
 

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from conftest import tiny_config
-from sparsetrain.checkpoint import load_checkpoint, load_model, save_checkpoint, write_json
+from sparsetrain.checkpoint import load_checkpoint, save_checkpoint, write_json
 from sparsetrain.cli import main
 from sparsetrain.config import validate
 from sparsetrain.evaluate.cost import flop_counts
 from sparsetrain.export import FORMATS, fold_batchnorm, plain_model
 from sparsetrain.export.formats import Format
+from sparsetrain.loading import load_model
 from sparsetrain.models import create_model, list_models
 from sparsetrain.models.pointwise import SubsampledPointwiseConv2d
 from sparsetrain.sparsity.masks import MaskSet, prunable_parameters

@@ -41,9 +41,9 @@ from sparsetrain.structured import (
     top1,
     uniform_strategy,
 )
+from sparsetrain.structured.eagleeye import EagleEyeOptions, run_eagleeye
 from sparsetrain.structured.groups import kept_indices
 from sparsetrain.structured.search import read_candidates
-from sparsetrain.train.eagleeye import EagleEyeOptions, run_eagleeye
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -168,27 +168,3 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> 
         return validate(upgrade(config))
     except UserError as e:
         raise UserError(f"checkpoint {path}: {e}") from None
-
-
-def load_model(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
-    """Rebuild the registered architecture a checkpoint was trained with (mask buffers
-    included) and load its weights; a mismatch or a malformed entry is a :class:`UserError`."""
-    from sparsetrain.models import create_model
-    from sparsetrain.sparsity.masks import add_mask_buffers
-
-    if "structure" in ckpt:  # a channel-pruned model: rebuilt from its saved structure
-        from sparsetrain.structured.io import model_from_structure
-
-        try:
-            return model_from_structure(ckpt, path)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-            if isinstance(e, UserError):
-                raise
-            raise UserError(f"checkpoint {path} has a malformed 'structure' entry ({e!r})")\
-                from None
-    cfg = checkpoint_config(ckpt, path)
-    model = create_model(cfg.model.name, num_classes=len(ckpt["classes"]), **cfg.model.kwargs)
-    if isinstance(ckpt["model"], dict):
-        add_mask_buffers(model, ckpt["model"])
-    load_state(model, ckpt["model"], path)
-    return model

@@ -162,7 +162,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from sparsetrain.config import load_config
-    from sparsetrain.train.eagleeye import EagleEyeOptions, run_eagleeye
+    from sparsetrain.structured.eagleeye import EagleEyeOptions, run_eagleeye
 
     if not 0 < args.flops < 1:
         raise UserError(f"--flops must be a fraction in (0, 1), got {args.flops}")

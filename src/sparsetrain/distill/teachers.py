@@ -58,7 +58,7 @@ class TeacherEnsemble:
     ) -> TeacherEnsemble:
         """Load every checkpoint (missing or corrupt files are a :class:`UserError`); all
         teachers must share one class list."""
-        from sparsetrain.checkpoint import load_model
+        from sparsetrain.loading import load_model
 
         if isinstance(paths, str | Path):
             paths = [paths]

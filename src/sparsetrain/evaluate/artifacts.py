@@ -66,8 +66,9 @@ def _card(path: Path) -> dict:
 
 def load_timed(path: str | Path) -> Timed:
     """A checkpoint or an exported artifact, ready for :func:`measure_latency`."""
-    from sparsetrain.checkpoint import load_checkpoint, load_model
+    from sparsetrain.checkpoint import load_checkpoint
     from sparsetrain.evaluate.cost import param_counts
+    from sparsetrain.loading import load_model
     from sparsetrain.structured.macs import macs_params
 
     path = Path(path)

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
-from sparsetrain.checkpoint import checkpoint_config, load_checkpoint, load_model, write_json
+from sparsetrain.checkpoint import checkpoint_config, load_checkpoint, write_json
 from sparsetrain.data import ImageArrays, get_dataset_info
 from sparsetrain.errors import UserError
 from sparsetrain.evaluate.cost import flop_counts, measure_latency, param_counts
 from sparsetrain.evaluate.suite import evaluate_model
+from sparsetrain.loading import load_model
 from sparsetrain.precision import resolve_device
 from sparsetrain.train.engine import evaluate
 from sparsetrain.train.run import (

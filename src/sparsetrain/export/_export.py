@@ -24,13 +24,13 @@ from sparsetrain.checkpoint import (
     atomic_write_bytes,
     checkpoint_config,
     load_checkpoint,
-    load_model,
     write_json,
 )
 from sparsetrain.errors import UserError
 from sparsetrain.export.card import accuracy_of, card_markdown, cost_of, layer_density
 from sparsetrain.export.formats import Format, get_format
 from sparsetrain.export.plain import fold_batchnorm, plain_model
+from sparsetrain.loading import load_model
 from sparsetrain.rundir import inside_run
 
 __all__ = ["CHECK_BATCH", "CHECK_SEED", "FOLD_BN_TOLERANCE", "TOLERANCE", "ExportCheckError",

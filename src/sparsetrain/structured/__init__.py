@@ -9,6 +9,13 @@ Pipeline (DESIGN.md §3.6)::
     adaptive_bn(pruned, train_batches)                   # re-estimate BN statistics
     result = eagleeye_search(model, train_batches, holdout, "runs/x/search")
     save_pruned(pruned, "pruned.pt"); load_pruned("pruned.pt")  # weights_only loading
+
+The whole workflow lives here too: ``structured.eagleeye.run_eagleeye`` (search, baselines,
+correlation study, fine-tuning; ``sparsetrain prune eagleeye``) and
+``structured.finetune.finetune_pruned`` (training a channel-pruned model with the engine). They
+are not imported by this package's ``__init__`` because they pull in the training engine.
+The pruned-model format (save/load of the structure) has one home, ``structured.io``, used by
+checkpoints (``sparsetrain.loading.load_model``) and by ``sparsetrain export`` alike.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from sparsetrain.errors import UserError
 from sparsetrain.precision import resolve_device, resolve_precision
 from sparsetrain.rundir import RunDir
 from sparsetrain.structured.correlate import correlation_study
+from sparsetrain.structured.finetune import finetune_pruned
 from sparsetrain.structured.groups import prunable_groups, prune_model
 from sparsetrain.structured.macs import MacsModel, macs_params
 from sparsetrain.structured.sampler import uniform_strategy
@@ -37,7 +38,6 @@ from sparsetrain.structured.search import (
     holdout_split,
     search_complete,
 )
-from sparsetrain.train.finetune_pruned import finetune_pruned
 
 __all__ = ["EagleEyeOptions", "run_eagleeye"]
 
@@ -78,8 +78,9 @@ def _dense_model(cfg: RunConfig, checkpoint: str | Path | None
                  ) -> tuple[nn.Module, dict[str, Any]]:
     """The dense model to prune: a sparsetrain checkpoint, or the recipe's model with the
     foreign weights of ``model.init_from`` (a plain / torchvision / timm state dict)."""
-    from sparsetrain.checkpoint import init_from, load_checkpoint, load_model
+    from sparsetrain.checkpoint import init_from, load_checkpoint
     from sparsetrain.data import get_dataset_info
+    from sparsetrain.loading import load_model
     from sparsetrain.models import create_model, model_info
     from sparsetrain.sparsity.masks import MASK_SUFFIX
 
