@@ -80,3 +80,30 @@ def test_lamp_formula_and_its_equivalence_to_l2_within_a_group(model: nn.Module)
     groups = prunable_groups(model)
     ratios = {g.name: 0.5 for g in groups if g.name == GROUP}
     assert kept_indices(groups, ratios, "lamp") == kept_indices(groups, ratios, "l2")
+
+
+def test_taylor_search_in_worker_processes_sees_the_gradients(tmp_path) -> None:
+    """Pickling drops .grad: the search ships the gradients to its workers, so two workers
+    choose the same taylor channels (and write the same lines) as one process."""
+    from sparsetrain.data import make_synthetic
+    from sparsetrain.structured import abn_batches, eagleeye_search, eval_batches, holdout_split
+    from sparsetrain.structured.search import read_candidates
+
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    rest, held = holdout_split(make_synthetic(160, seed=0), 40, seed=0)
+    tb, hb = abn_batches(rest, mean, std, n=2, batch_size=32), eval_batches(held, mean, std, 40)
+    lines = []
+    for workers in (1, 2):
+        torch.manual_seed(0)
+        model = create_model("resnet20").eval()
+        accumulate_gradients(model, tb)
+        out = tmp_path / f"w{workers}"
+        eagleeye_search(model, tb, hb, out, candidates=3, abn_batches=2, seed=1,
+                        importance="taylor", progress=False, workers=workers)
+        lines.append([{k: v for k, v in r.items() if k != "time_s"}
+                      for r in read_candidates(out / "candidates.jsonl")])
+    assert lines[0] == lines[1] and len(lines[0]) == 3
+    model.zero_grad(set_to_none=True)  # without gradients the taylor search refuses to run
+    with pytest.raises(UserError, match="gradients"):
+        eagleeye_search(model, tb, hb, tmp_path / "nograd", candidates=1, abn_batches=2,
+                        importance="taylor", progress=False, workers=1)

@@ -414,8 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score candidates on N images: a stratified subset of the validation "
                          "split (default: all of it; without data.val_size, 1000 training "
                          "images held out)")
-    ee.add_argument("--importance", default="l1", choices=["l1", "l2", "random"],
-                    help="filter importance within a group (default l1)")
+    ee.add_argument("--importance", default="l1",
+                    choices=["l1", "l2", "random", "bn_scale", "taylor", "fpgm", "lamp"],
+                    help="channel importance within a group (default l1, EagleEye's): l2, "
+                    "bn_scale (|gamma|), taylor (|w*grad| on the adaptive-BN batches), fpgm "
+                    "(geometric median), lamp (ranks as l2 within a group), random")
     ee.add_argument("--round-to", type=_count(1), help="keep channel counts multiples of N")
     ee.add_argument("--correlate", type=_count(0), default=0, metavar="K",
                     help="fine-tune K candidates briefly and correlate scores with accuracy")

@@ -27,7 +27,7 @@ from sparsetrain.precision import resolve_device, resolve_precision
 from sparsetrain.rundir import RunDir
 from sparsetrain.structured.correlate import correlation_study
 from sparsetrain.structured.finetune import finetune_pruned
-from sparsetrain.structured.groups import prunable_groups, prune_model
+from sparsetrain.structured.groups import accumulate_gradients, prunable_groups, prune_model
 from sparsetrain.structured.macs import MacsModel, macs_params
 from sparsetrain.structured.sampler import uniform_strategy
 from sparsetrain.structured.search import (
@@ -164,6 +164,8 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
     tb = abn_batches(rest, mean, std, n=o.abn_batches, batch_size=d.batch_size, seed=cfg.seed,
                      pad=d.pad, padding_mode=d.padding_mode, **fmt)
     hb = eval_batches(scoring, mean, std, batch_size=d.eval_batch_size, **fmt)
+    if o.importance == "taylor":  # |w * dL/dw| per filter, gradients of the ABN batches
+        accumulate_gradients(dense, tb)
     run_dir = cfg.run_dir
     res = eagleeye_search(dense, tb, hb, run_dir, flops_target=o.flops, candidates=o.candidates,
                           r_min=o.r_min, r_max=o.r_max, tolerance=o.tolerance,

@@ -271,6 +271,8 @@ def prune_model(
     groups = prunable_groups(model) if groups is None else groups
     kept = kept_indices(groups, ratios, importance, round_to, generator)
     pruned = apply_kept(copy.deepcopy(model), kept)
+    for p in pruned.parameters():  # gradients read by the taylor importance stay with the input
+        p.grad = None
     base = getattr(model, "pruned_structure", None)
     if base is not None:  # pruning a pruned model: express indices in dense coordinates
         kept = {n: [base[n][i] for i in idx] if n in base else idx for n, idx in kept.items()}

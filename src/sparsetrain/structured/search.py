@@ -361,7 +361,16 @@ class _Scorer:
     groups: list[ChannelGroup] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "groups": None}
+        # pickling a parameter drops its .grad: ship the gradients the taylor importance reads
+        grads = {n: p.grad for n, p in self.dense.named_parameters() if p.grad is not None}
+        return {**self.__dict__, "groups": None, "_grads": grads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        grads = state.pop("_grads", {})
+        self.__dict__.update(state)
+        for n, p in self.dense.named_parameters():
+            if n in grads:
+                p.grad = grads[n]
 
     def __call__(self, s: Strategy, vanilla: bool, abn: bool = True) -> dict[str, Any]:
         """The record of candidate ``s``: pruned by filter importance (``random``: drawn from
