@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,3 +41,32 @@ def write_config(tmp_path: Path, cfg: dict) -> Path:
     p = tmp_path / "recipe.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (exact, reproducible CPU results); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# Prepended to a child process's script: importing sparsetrain fails there, so an artifact that
+# loads and runs needs nothing but torch (what a user ships).
+BLOCK_SPARSETRAIN = """
+import sys
+
+class _NoSparsetrain:
+    def find_spec(self, name, path=None, target=None):
+        if name == "sparsetrain" or name.startswith("sparsetrain."):
+            raise ImportError("sparsetrain is blocked in this process")
+        return None
+
+sys.meta_path.insert(0, _NoSparsetrain())
+try:
+    import sparsetrain  # noqa: F401
+    raise SystemExit("sparsetrain is importable")
+except ImportError:
+    pass
+"""

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_config
+from conftest import BLOCK_SPARSETRAIN, tiny_config
 from sparsetrain.checkpoint import load_checkpoint, save_checkpoint, write_json
 from sparsetrain.cli import main
 from sparsetrain.config import validate
@@ -34,12 +34,7 @@ FMTS = ["pt", "pt2", pytest.param("onnx", marks=pytest.mark.skipif(
 CLASSES = [f"c{k}" for k in range(10)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize_bn(model: nn.Module, seed: int) -> None:
@@ -90,21 +85,7 @@ def pruned_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "ee" / "last.pt"
 
 
-_RELOAD = '''
-import sys
-
-class _NoSparsetrain:
-    def find_spec(self, name, path=None, target=None):
-        if name == "sparsetrain" or name.startswith("sparsetrain."):
-            raise ImportError("sparsetrain is blocked in this process")
-        return None
-
-sys.meta_path.insert(0, _NoSparsetrain())
-try:
-    import sparsetrain  # noqa: F401
-    raise SystemExit("sparsetrain is importable")
-except ImportError:
-    pass
+_RELOAD = BLOCK_SPARSETRAIN + '''
 import torch
 
 fmt, artifact, inputs, result = sys.argv[1:5]

@@ -14,22 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config, write_config
+from conftest import BLOCK_SPARSETRAIN, tiny_config, write_config
 from sparsetrain import load_config, train
 from sparsetrain.checkpoint import load_checkpoint
 from sparsetrain.cli import main
 from sparsetrain.train.run import load_data, make_loaders
 
-_ACCURACY = '''
-import sys
-
-class _NoSparsetrain:
-    def find_spec(self, name, path=None, target=None):
-        if name == "sparsetrain" or name.startswith("sparsetrain."):
-            raise ImportError("blocked")
-        return None
-
-sys.meta_path.insert(0, _NoSparsetrain())
+_ACCURACY = BLOCK_SPARSETRAIN + '''
 import torch
 
 artifact, data = sys.argv[1:3]
