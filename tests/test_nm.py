@@ -151,6 +151,14 @@ def test_every_group_respects_the_pattern_after_every_step(case: str) -> None:
         assert changes >= 3  # the pattern held through real mask updates
 
 
+def test_a_static_mask_above_n_over_m_takes_the_cap_that_fits() -> None:
+    m = create_method("static", net(), density=0.7, budget="erk", structure="2:4").prepare()
+    assert m.group_cap(0) == 3  # ceil(0.7 * 4): 3:4, as a lottery round at 70%
+    assert_caps(m, 3)
+    total = sum(t.numel() for t in m.masks.masks.values())
+    assert abs(sum(m.masks.counts().values()) - 0.7 * total) <= 2
+
+
 def test_exact_two_four_keeps_two_of_every_four() -> None:
     m = create_method("static", net(), density=0.5, budget="erk", score="magnitude",
                       structure="2:4").prepare()

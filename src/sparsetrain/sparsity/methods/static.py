@@ -93,7 +93,6 @@ class Static(SparsityMethod):
             raise UserError(f"structure {self.nm} needs exact top-k masks: bernoulli and the "
                             "ratio budgets are unstructured only")
 
-
     def group_cap(self, step: int) -> int | None:
         return None if self.nm is None else self.nm.cap_at(self.density)
 
@@ -110,7 +109,8 @@ class Static(SparsityMethod):
             densities = ratio_densities(RATIO_BUDGETS[self.budget], self.model, names, batches,
                                         density=self.density, generator=self.generator)
         elif self.budget != "global":
-            densities = self.layer_budget(self.budget, self.density, **self.budget_options)
+            densities = self.layer_budget(self.budget, self.density, self.group_cap(0),
+                                          **self.budget_options)
         if self.bernoulli:
             return bernoulli_masks(densities, shapes, self.generator)
         scores = get_score(self.score)(self.model, names, batches, generator=self.generator,
