@@ -209,7 +209,7 @@ class Distillation(Callback):
         self._n, self._hits, self._misses = state["n"], state["hits"], state["misses"]
         if self.disc is not None and self.disc_opt is not None and "disc" in state:
             if state.get("disc_form") != "meal_v2":
-                raise UserError("this run's discriminator is the GAN form of sparsetrain < 0.2 "
+                raise UserError("this run's discriminator is the GAN form of earlier sparsetrain "
                                 "(removed: the official MEAL V2 form replaced it); it cannot "
                                 "be resumed, start a new run")
             self.disc.load_state_dict(state["disc"])

@@ -14,7 +14,7 @@ optimizer state (they were masked); a connection dropped and regrown in one drop
 value. At a GraNet pruning step the GMP mask is applied *before* regrowth, as the official code
 does (``pruning()`` ends in ``apply_mask()``), so a weight GMP prunes and regrowth revives in the
 same update restarts at zero with zero momentum (``revive="keep"`` keeps its old value and
-state instead, sparsetrain's behaviour before 0.2; an ablation, not a recommended setting).
+state instead, as earlier sparsetrain versions did; an ablation, not a recommended setting).
 Randomness comes only from the method's generator.
 """
 
