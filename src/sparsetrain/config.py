@@ -36,6 +36,9 @@ class DataConfig(_Section):
     train_subset: int | None = Field(None, ge=1)  # first N (shuffled, seeded) train images
     test_subset: int | None = Field(None, ge=1)  # stratified N test images, same for all seeds
     loader: Literal["device", "stream"] = "device"  # stream: image folders too big for memory
+    # stream loader input: folder = path/<split>/<class>/*.jpg; shards = tar shards written by
+    # `python -m sparsetrain.data.shards write` (path/<split>/shard-*.tar + index.json)
+    format: Literal["folder", "shards"] = "folder"
     batch_size: int = Field(128, ge=1)  # global: all data-parallel ranks together
     eval_batch_size: int = Field(512, ge=1)
     pad: int = Field(4, ge=0, le=16)
@@ -44,6 +47,12 @@ class DataConfig(_Section):
     image_size: int = Field(224, ge=8)  # streaming loader: crop size (random-resized / center)
     workers: int = Field(2, ge=0)
     cache_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _check_format(self) -> DataConfig:
+        if self.format == "shards" and self.loader != "stream":
+            raise ValueError("data.format 'shards' needs data.loader 'stream'")
+        return self
 
 
 class ModelConfig(_Section):

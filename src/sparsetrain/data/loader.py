@@ -185,7 +185,8 @@ def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
 class StreamLoader:
     """The :class:`DeviceLoader` interface over a streaming DataLoader with worker processes,
     for image folders too large for memory. Workers decode and augment per image (our own
-    transforms, seeded by (seed, epoch, index)); normalization runs on the device per batch."""
+    transforms, seeded by (seed, epoch, index)) and persist across epochs; batches stay uint8
+    until the device, where they are normalized."""
 
     def __init__(
         self,
@@ -203,15 +204,16 @@ class StreamLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        from sparsetrain.data.stream import shard_indices
+        from sparsetrain.data.stream import epoch_order
 
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.mean, self.std, self.seed, self.workers = mean, std, seed, workers
         self.device, self.channels_last, self.dtype = torch.device(device), channels_last, dtype
         self.rank, self.world_size = rank, world_size
-        n = len(shard_indices(len(dataset), train=train, seed=seed, epoch=0, rank=rank,
-                              world_size=world_size))
+        n = len(epoch_order(dataset, train=train, seed=seed, epoch=0, rank=rank,
+                            world_size=world_size))
         self._len = n // batch_size if train else -(-n // batch_size)
+        self._batches, self._active = None, None  # one persistent DataLoader; its current plan
 
     def __len__(self) -> int:
         return self._len
@@ -220,13 +222,15 @@ class StreamLoader:
         return {"epoch": epoch, "it": None, "next": -1}
 
     def batch(self, plan: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from sparsetrain.data.stream import make_stream_loader, normalize_batch
+        from sparsetrain.data.stream import StreamBatches, normalize_batch
 
-        if plan["it"] is None or plan["next"] != i:  # first batch, or a jump (resume)
-            plan["it"] = iter(make_stream_loader(
+        if self._batches is None:
+            self._batches = StreamBatches(
                 self.dataset, self.batch_size, train=self.train, seed=self.seed,
-                epoch=plan["epoch"], workers=self.workers, rank=self.rank,
-                world_size=self.world_size, start_batch=i))
+                workers=self.workers, rank=self.rank, world_size=self.world_size)
+        if plan["it"] is None or plan["next"] != i or self._active is not plan:
+            plan["it"] = self._batches.epoch(plan["epoch"], start_batch=i)  # or a jump (resume)
+            self._active = plan
         x, y = next(plan["it"])
         plan["next"] = i + 1
         x = x.to(self.device, non_blocking=True)

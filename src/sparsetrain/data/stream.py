@@ -8,21 +8,36 @@ Every random decision for sample ``index`` in ``epoch`` comes from its own gener
 ``(seed, epoch, index)`` (:func:`sample_generator`), and the order from one seeded by
 ``(seed, epoch)``, so a batch is the same whatever the number of workers. Transforms are
 called as ``t(img, g)`` with a ``torch.Generator`` (``None``: torch's global generator).
+
+``RandomResizedCrop(size, draft=True)`` is the fast training path for large JPEGs: it draws
+the crop box in original coordinates first (same draws as the full path), then decodes at the
+smallest DCT scale that keeps the box at least ``size`` (:mod:`sparsetrain.data._decode`).
+Samples stay uint8 until :func:`normalize_batch` on the device; batches are collated in
+channels-last memory, the layout ``normalize_batch`` produces.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from sparsetrain.data import _decode
+from sparsetrain.data.transforms import (  # noqa: F401  (re-exported: the public names)
+    CenterCrop,
+    Compose,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Resize,
+    _pil,
+)
 from sparsetrain.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -45,168 +60,51 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(_mix(seed, epoch, index))
 
 
-def _uniform(g: torch.Generator | None, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand(1, generator=g))
-
-
-def _randint(g: torch.Generator | None, lo: int, hi: int) -> int:
-    """Uniform integer in ``[lo, hi]`` (both ends included)."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """``(height, width)`` from an int or a pair."""
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
-
-
-def _pil() -> Any:
-    from PIL import Image  # lazy: only the transforms and the dataset need Pillow
-
-    return Image
-
-
-class Compose:
-    """Apply ``transforms`` in order, passing the same generator to each."""
-
-    def __init__(self, transforms: Sequence[Any]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, img: Any, g: torch.Generator | None = None) -> Any:
-        for t in self.transforms:
-            img = t(img, g)
-        return img
-
-
-class RandomResizedCrop:
-    """Crop a random area fraction ``scale`` and aspect ``ratio``, resize it to ``size``.
-
-    Up to 10 tries to find a crop that fits; then a center crop with the aspect ratio clamped
-    into ``ratio`` (the Inception-style recipe).
-    """
-
-    def __init__(
-        self,
-        size: int | Sequence[int],
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    ) -> None:
-        self.size, self.scale, self.ratio = _pair(size), scale, ratio
-
-    def get_params(
-        self, width: int, height: int, g: torch.Generator | None = None
-    ) -> tuple[int, int, int, int]:
-        """``(top, left, crop_height, crop_width)``, always inside the image."""
-        area = width * height
-        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        for _ in range(10):
-            target = area * _uniform(g, *self.scale)
-            aspect = math.exp(_uniform(g, log_lo, log_hi))
-            w = round(math.sqrt(target * aspect))
-            h = round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                return _randint(g, 0, height - h), _randint(g, 0, width - w), h, w
-        lo, hi = min(self.ratio), max(self.ratio)
-        w, h = width, height
-        if width / height < lo:
-            h = min(height, round(width / lo))
-        elif width / height > hi:
-            w = min(width, round(height * hi))
-        return (height - h) // 2, (width - w) // 2, h, w
-
-    def __call__(self, img: Any, g: torch.Generator | None = None) -> Any:
-        top, left, h, w = self.get_params(img.width, img.height, g)
-        out_h, out_w = self.size
-        return img.resize(
-            (out_w, out_h), _pil().Resampling.BILINEAR, box=(left, top, left + w, top + h)
-        )
-
-
-class RandomHorizontalFlip:
-    """Mirror left-right with probability ``p``."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(self, img: Any, g: torch.Generator | None = None) -> Any:
-        if float(torch.rand(1, generator=g)) < self.p:
-            return img.transpose(_pil().Transpose.FLIP_LEFT_RIGHT)
-        return img
-
-
-class RandomCrop:
-    """Pad by ``padding`` (``reflect``: mirror without repeating the edge; ``zeros``), then
-    take a random ``size`` crop."""
-
-    def __init__(
-        self, size: int | Sequence[int], padding: int = 4, padding_mode: str = "reflect"
-    ) -> None:
-        if padding_mode not in ("reflect", "zeros"):
-            raise UserError(f"unknown padding mode {padding_mode!r}; use reflect or zeros")
-        self.size, self.padding, self.padding_mode = _pair(size), padding, padding_mode
-
-    def __call__(self, img: Any, g: torch.Generator | None = None) -> Any:
-        arr = np.asarray(img)
-        p = self.padding
-        if p > 0:
-            pad = ((p, p), (p, p)) + ((0, 0),) * (arr.ndim - 2)
-            arr = np.pad(arr, pad, mode="reflect" if self.padding_mode == "reflect" else "constant")
-        th, tw = self.size
-        if arr.shape[0] < th or arr.shape[1] < tw:
-            raise ValueError(f"crop {self.size} is larger than the padded image {arr.shape[:2]}")
-        top, left = _randint(g, 0, arr.shape[0] - th), _randint(g, 0, arr.shape[1] - tw)
-        return _pil().fromarray(np.ascontiguousarray(arr[top : top + th, left : left + tw]))
-
-
-class Resize:
-    """Resize so the shorter side is ``size`` (an int), or to exactly ``(h, w)`` (a pair)."""
-
-    def __init__(self, size: int | Sequence[int]) -> None:
-        self.size = size
-
-    def __call__(self, img: Any, g: torch.Generator | None = None) -> Any:
-        if isinstance(self.size, int):
-            w, h = img.size
-            short, long = min(w, h), max(w, h)
-            new_long = int(self.size * long / short)
-            new_w, new_h = (self.size, new_long) if w <= h else (new_long, self.size)
-        else:
-            new_h, new_w = _pair(self.size)
-        if (new_w, new_h) == img.size:
-            return img
-        return img.resize((new_w, new_h), _pil().Resampling.BILINEAR)
-
-
-class CenterCrop:
-    """The central ``size`` crop (zero-padded where the image is smaller)."""
-
-    def __init__(self, size: int | Sequence[int]) -> None:
-        self.size = _pair(size)
-
-    def __call__(self, img: Any, g: torch.Generator | None = None) -> Any:
-        th, tw = self.size
-        top, left = (img.height - th) // 2, (img.width - tw) // 2
-        return img.crop((left, top, left + tw, top + th))
-
-
 def to_uint8_chw(img: Any) -> torch.Tensor:
-    """A PIL image as a uint8 ``[C, H, W]`` tensor (RGB)."""
+    """A PIL image (or a uint8 tensor, returned as is) as uint8 ``[C, H, W]`` (RGB), a view
+    of ``[H, W, C]`` memory: :func:`collate_channels_last` stacks it without transposing."""
+    if isinstance(img, torch.Tensor):
+        return img
     arr = np.array(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def collate_channels_last(batch: list) -> Any:
+    """``(uint8 [C, H, W], label)`` samples as (uint8 ``[B, C, H, W]`` in channels-last
+    memory, int64 labels); anything else through torch's ``default_collate``."""
+    first = batch[0]
+    if not (isinstance(first, tuple) and isinstance(first[0], torch.Tensor)
+            and first[0].dim() == 3):
+        return default_collate(batch)
+    x = torch.stack([s[0].permute(1, 2, 0) for s in batch])  # [B, H, W, C]
+    return x.permute(0, 3, 1, 2), torch.tensor([s[1] for s in batch], dtype=torch.int64)
+
+
+def decode_sample(fp: Any, transform: Any, g: torch.Generator) -> torch.Tensor:
+    """Open the image in ``fp`` (a path or a binary file), apply ``transform`` (to the
+    undecoded image when it is ``lazy``), as uint8 ``[C, H, W]``."""
+    with _pil().open(fp) as im:
+        img = im if getattr(transform, "lazy", False) else im.convert("RGB")
+        return to_uint8_chw(transform(img, g) if transform is not None else img)
 
 
 class ImageFolderStream(Dataset):
     """``root/<split>/<class>/**/*.{jpg,jpeg,png}`` read lazily; items ``(uint8 [C,H,W], label)``.
 
     Classes are the sorted folder names; paths are kept in numpy arrays (not Python lists) so
-    forked workers do not copy them page by page.
+    forked workers do not copy them page by page. ``decoder="torchvision"`` decodes with
+    torchvision.io where installed (its transforms must take uint8 tensors:
+    ``RandomResizedCrop``, ``RandomHorizontalFlip``); DALI/nvJPEG are GPU-only and not used.
     """
 
     def __init__(
-        self, root: str | Path, split: str = "train", transform: Any = None, seed: int = 0
+        self, root: str | Path, split: str = "train", transform: Any = None, seed: int = 0,
+        decoder: str = "pil",
     ) -> None:
+        if decoder not in ("pil", "torchvision"):
+            raise UserError(f"unknown decoder {decoder!r}; use pil or torchvision")
+        if decoder == "torchvision" and not _decode.has_torchvision_io():
+            raise UserError("decoder 'torchvision' needs torchvision, which is not installed")
         split_dir = Path(root).expanduser() / split
         if not Path(root).expanduser().exists():
             raise UserError(f"data path not found: {root}")
@@ -227,7 +125,7 @@ class ImageFolderStream(Dataset):
             raise UserError(f"no images found in {split_dir}")
         self._paths = np.array(paths)
         self._labels = np.array(labels, dtype=np.int64)
-        self.transform, self.seed, self.epoch = transform, seed, 0
+        self.transform, self.seed, self.epoch, self.decoder = transform, seed, 0, decoder
 
     @property
     def samples(self) -> list[tuple[str, int]]:
@@ -243,28 +141,45 @@ class ImageFolderStream(Dataset):
 
     def load(self, index: int, epoch: int) -> tuple[torch.Tensor, int]:
         """Sample ``index`` augmented as in ``epoch``."""
-        with _pil().open(str(self._paths[index])) as im:
-            img = im.convert("RGB")
-        if self.transform is not None:
-            img = self.transform(img, sample_generator(self.seed, epoch, index))
-        return to_uint8_chw(img), int(self._labels[index])
+        g, path = sample_generator(self.seed, epoch, index), str(self._paths[index])
+        if self.decoder == "torchvision":
+            img = _decode.torchvision_decode(path)
+            x = self.transform(img, g) if self.transform is not None else img
+        else:
+            x = decode_sample(path, self.transform, g)
+        return x, int(self._labels[index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.load(index, self.epoch)
 
 
-class _EpochView(Dataset):
-    """``dataset`` as seen in ``epoch`` (picklable, so workers get the epoch with it)."""
+class _Keyed(Dataset):
+    """``dataset`` indexed by ``(epoch, index)``: the epoch travels with each key, so one set
+    of (persistent) workers serves every epoch."""
 
-    def __init__(self, dataset: Dataset, epoch: int) -> None:
-        self.dataset, self.epoch = dataset, epoch
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
         load = getattr(self.dataset, "load", None)
-        return load(index, self.epoch) if load is not None else self.dataset[index]
+        return load(index, epoch) if load is not None else self.dataset[index]
+
+
+class _Keys(torch.utils.data.Sampler):
+    """The keys of the current epoch; replaced between epochs, read when iteration starts."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 def shard_indices(
@@ -287,6 +202,55 @@ def shard_indices(
     return order[rank::world_size]
 
 
+def epoch_order(dataset: Any, *, train: bool, seed: int, epoch: int, rank: int = 0,
+                world_size: int = 1) -> torch.Tensor:
+    """This rank's indices for ``epoch``: the dataset's own ``order(...)`` where it has one
+    (tar shards read shard by shard), else :func:`shard_indices`."""
+    own = getattr(dataset, "order", None)
+    if own is not None:
+        return own(train=train, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    return shard_indices(len(dataset), train=train, seed=seed, epoch=epoch, rank=rank,
+                         world_size=world_size)
+
+
+class StreamBatches:
+    """uint8 batches of this rank's share of ``dataset``, epoch after epoch, from one
+    DataLoader whose ``workers`` persist across epochs and keep ``prefetch`` batches each in
+    flight (worker start-up, a second or more with a large index, is paid once).
+
+    Order from :func:`epoch_order`; ``drop_last`` defaults to ``train``. The epoch reaches the
+    dataset's ``load(index, epoch)`` (if it has one) for augmentation seeding.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, seed: int,
+                 workers: int = 2, rank: int = 0, world_size: int = 1,
+                 drop_last: bool | None = None, prefetch: int = 2,
+                 persistent: bool = True) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
+        self.rank, self.world_size = rank, world_size
+        self._keys = _Keys()
+        self.loader = DataLoader(
+            _Keyed(dataset), batch_size=batch_size, sampler=self._keys, num_workers=workers,
+            pin_memory=torch.cuda.is_available(), collate_fn=collate_channels_last,
+            drop_last=train if drop_last is None else drop_last,
+            persistent_workers=persistent and workers > 0,
+            prefetch_factor=prefetch if workers > 0 else None,
+        )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Serve ``epoch`` from batch ``start_batch`` on (resume mid-epoch) at the next iter."""
+        order = epoch_order(self.dataset, train=self.train, seed=self.seed, epoch=epoch,
+                            rank=self.rank, world_size=self.world_size)
+        self._keys.keys = [(epoch, i) for i in order[start_batch * self.batch_size :].tolist()]
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Any]:
+        """An iterator over the batches of ``epoch`` (one at a time: a new one ends the last)."""
+        self.set_epoch(epoch, start_batch)
+        return iter(self.loader)
+
+
 def make_stream_loader(
     dataset: Dataset,
     batch_size: int,
@@ -300,26 +264,14 @@ def make_stream_loader(
     drop_last: bool | None = None,
     start_batch: int = 0,
 ) -> DataLoader:
-    """A DataLoader over this rank's shard of ``dataset`` for ``epoch`` (uint8 batches).
-
-    Order from :func:`shard_indices`; ``drop_last`` defaults to ``train``. The epoch reaches
-    the dataset's ``load(index, epoch)`` (if it has one) for augmentation seeding.
-    ``start_batch`` skips the first batches of the epoch (resume mid-epoch).
-    """
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size}")
-    indices = shard_indices(
-        len(dataset), train=train, seed=seed, epoch=epoch, rank=rank, world_size=world_size
-    )
-    return DataLoader(
-        _EpochView(dataset, epoch),
-        batch_size=batch_size,
-        sampler=indices[start_batch * batch_size :].tolist(),
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=train if drop_last is None else drop_last,
-        persistent_workers=False,
-    )
+    """A one-epoch DataLoader over this rank's share of ``dataset`` (uint8 batches); see
+    :class:`StreamBatches`, which keeps its workers across epochs.
+    ``start_batch`` skips the first batches of the epoch (resume mid-epoch)."""
+    batches = StreamBatches(dataset, batch_size, train=train, seed=seed, workers=workers,
+                            rank=rank, world_size=world_size, drop_last=drop_last,
+                            persistent=False)
+    batches.set_epoch(epoch, start_batch)
+    return batches.loader
 
 
 @functools.lru_cache(maxsize=16)

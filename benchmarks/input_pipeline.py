@@ -1,0 +1,154 @@
+"""Input pipeline for ImageNet-sized JPEGs (issue 19): decode + augment images/s per worker.
+
+Generates (once, cached outside the repository) ImageNet-sized JPEGs from the shared CIFAR-10
+archive: each 32x32 image upscaled (bicubic) to 500x375, with mild Gaussian noise so files
+carry texture like photos (a smooth upscale compresses to ~16 KB and decodes unrealistically
+fast), re-encoded at quality 90, in ``train/<class>/NNNN.jpg``. Then it measures the streaming
+loader's RandomResizedCrop(224) + flip to uint8 batches for each path:
+
+* ``full``: decode the whole JPEG, crop and resize in one bilinear (antialiased) step;
+* ``draft``: the same crop box, decoded at the smallest DCT scale that keeps the crop at least
+  224 pixels (see :class:`sparsetrain.data.stream.RandomResizedCrop`);
+* ``shards``: ``draft`` reading tar shards sequentially (:mod:`sparsetrain.data.shards`);
+* ``tvio``: torchvision.io decode, when torchvision is installed (not on this machine).
+
+    python benchmarks/input_pipeline.py [--images 3000] [--workers 1 2] [--append]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparsetrain.data.shards import ShardStream, write_shards
+from sparsetrain.data.stream import (
+    Compose,
+    ImageFolderStream,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    make_stream_loader,
+)
+
+ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparsetrain"
+
+
+def make_images(root: Path, n: int, size: tuple[int, int] = (500, 375), noise: float = 8.0,
+                archive: Path = ARCHIVE) -> Path:
+    """``n`` ImageNet-sized JPEGs under ``root/train/<class>/`` (kept when already there)."""
+    from PIL import Image
+
+    done = root / f".done-{n}"
+    if done.exists():
+        return root
+    rng = np.random.default_rng(0)
+    per_class: dict[str, int] = {}
+    with tarfile.open(archive) as tf:
+        for m in tf:
+            parts = m.name.split("/")
+            if not (m.isfile() and parts[0] == "train" and len(parts) == 3):
+                continue
+            if per_class.get(parts[1], 0) >= n // 10:
+                if len(per_class) == 10 and min(per_class.values()) >= n // 10:
+                    break
+                continue
+            img = Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")
+            big = np.asarray(img.resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
+            big = (big + rng.normal(0.0, noise, big.shape)).clip(0, 255).astype(np.uint8)
+            out = root / "train" / parts[1] / parts[2]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(big).save(out, "JPEG", quality=90)
+            per_class[parts[1]] = per_class.get(parts[1], 0) + 1
+    done.touch()
+    return root
+
+
+def _transform(draft: bool) -> Compose:
+    return Compose([RandomResizedCrop(224, draft=draft), RandomHorizontalFlip()])
+
+
+def _rate(loader, n_batches: int) -> tuple[float, int]:
+    """Images/s over the batches after the first (worker start-up excluded)."""
+    it = iter(loader)
+    x, _ = next(it)
+    assert x.dtype == torch.uint8
+    seen, t0 = 0, time.perf_counter()
+    for i, (x, _) in enumerate(it):
+        seen += len(x)
+        if i + 2 >= n_batches:
+            break
+    return seen / (time.perf_counter() - t0), seen
+
+
+def measure(root: Path, shard_dir: Path, path: str, workers: int, batches: int) -> float:
+    """Images/s of one path with ``workers`` worker processes (batch 64, epoch 0)."""
+    if path == "shards":
+        ds = ShardStream(shard_dir, "train", _transform(True), seed=0)
+    else:
+        backend = "torchvision" if path == "tvio" else "pil"
+        ds = ImageFolderStream(root, "train", _transform(path != "full"), seed=0,
+                               decoder=backend)
+    loader = make_stream_loader(ds, 64, train=True, seed=0, epoch=0, workers=workers)
+    return _rate(loader, batches)[0]
+
+
+def pixel_difference(root: Path, n: int) -> tuple[float, float]:
+    """Mean and max over ``n`` images of the mean |draft - full| (uint8 levels), same draws."""
+    full = ImageFolderStream(root, "train", _transform(False), seed=0)
+    draft = ImageFolderStream(root, "train", _transform(True), seed=0)
+    step = max(1, len(full) // n)
+    diffs = [(full.load(i, 0)[0].float() - draft.load(i, 0)[0].float()).abs().mean().item()
+             for i in range(0, step * n, step)]
+    return float(np.mean(diffs)), float(np.max(diffs))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--paths", nargs="+", default=["full", "draft", "shards", "tvio"])
+    p.add_argument("--cache", type=Path, default=CACHE / "input_pipeline_500x375")
+    p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    root = make_images(args.cache, args.images)
+    shard_dir = args.cache.with_name(args.cache.name + "_shards")
+    if not (shard_dir / "train").is_dir():
+        write_shards(root, shard_dir, shard_size=500)
+    files = sorted((root / "train").rglob("*.jpg"))
+    kb = np.mean([f.stat().st_size for f in files]) / 1024
+    try:
+        import torchvision.io  # noqa: F401
+    except ImportError:
+        args.paths = [q for q in args.paths if q != "tvio"]
+    rows = []
+    for path in args.paths:
+        for w in args.workers:
+            rate = measure(root, shard_dir, path, w, args.batches)
+            load = os.getloadavg()[0]
+            rows.append(f"| {path} | {w} | {rate:.0f} | {rate / w:.0f} | {load:.2f} |")
+            print(rows[-1], flush=True)
+    mean_d, max_d = pixel_difference(root, 300)
+    text = (f"{len(files)} JPEGs 500x375 q90, mean {kb:.0f} KB; RandomResizedCrop(224) + flip, "
+            f"uint8 batches of 64, {args.batches - 1} timed batches after the first\n\n"
+            "| path | workers | img/s | img/s per worker | load avg (1 min) |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) +
+            f"\n\ndraft vs full, same crop boxes, 300 images: mean |diff| {mean_d:.2f} "
+            f"(worst image {max_d:.2f}) uint8 levels\n")
+    print(text)
+    if args.append:
+        from _common import append_markdown, header
+
+        append_markdown(header("Input pipeline: decode + augment throughput") + text)
+
+
+if __name__ == "__main__":
+    main()
