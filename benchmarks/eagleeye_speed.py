@@ -19,7 +19,7 @@ Example (the dense model of BENCHMARKS.md's issue-19 section)::
 
     flock /tmp/sparsetrain-bench.lock python benchmarks/eagleeye_speed.py \\
         --checkpoint /tmp/ee19/runs/dense56/last.pt --candidates 12 --old-candidates 6 \\
-        --abn 50 20 10 data.train_subset=27000
+        --abn 50,20,10 data.train_subset=27000
 """
 
 from __future__ import annotations
@@ -122,8 +122,9 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=12, help="new path")
     p.add_argument("--old-candidates", type=int, default=6, help="old path (a prefix)")
     p.add_argument("--old-abn", type=int, default=50, help="ABN batches of the old path")
-    p.add_argument("--abn", type=int, nargs="*", default=[EagleEyeOptions().abn_batches],
-                   help="ABN batch counts of the new path (default: the CLI's)")
+    p.add_argument("--abn", type=lambda t: [int(v) for v in t.split(",")],
+                   default=[EagleEyeOptions().abn_batches],
+                   help="comma-separated ABN batch counts of the new path (default: the CLI's)")
     p.add_argument("--workers", type=int, help="new path (default: usable cores)")
     p.add_argument("--holdout", type=int, help="scoring images (default: the CLI's)")
     p.add_argument("--fold", action="store_true", help="time BN folding for scoring")
