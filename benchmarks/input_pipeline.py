@@ -12,7 +12,11 @@ loader's RandomResizedCrop(224) + flip to uint8 batches for each path:
 * ``shards``: ``draft`` reading tar shards sequentially (:mod:`sparsetrain.data.shards`);
 * ``tvio``: torchvision.io decode, when torchvision is installed (not on this machine).
 
-    python benchmarks/input_pipeline.py [--images 3000] [--workers 1 2] [--append]
+Two rates per path: images per CPU-second of decode + augment in the benchmark process
+(``time.process_time``, one thread: the per-core cost, least disturbed by other load on the
+machine), and wall-clock images/s of the DataLoader with 1 and 2 worker processes.
+
+    python benchmarks/input_pipeline.py [--images 3000] [--size 500x375] [--append]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sparsetrain.data.stream import (
     RandomHorizontalFlip,
     RandomResizedCrop,
     make_stream_loader,
+    worker_init,
 )
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -87,14 +92,30 @@ def _rate(loader, n_batches: int) -> tuple[float, int]:
     return seen / (time.perf_counter() - t0), seen
 
 
-def measure(root: Path, shard_dir: Path, path: str, workers: int, batches: int) -> float:
-    """Images/s of one path with ``workers`` worker processes (batch 64, epoch 0)."""
+def _dataset(root: Path, shard_dir: Path, path: str):
     if path == "shards":
-        ds = ShardStream(shard_dir, "train", _transform(True), seed=0)
-    else:
-        backend = "torchvision" if path == "tvio" else "pil"
-        ds = ImageFolderStream(root, "train", _transform(path != "full"), seed=0,
-                               decoder=backend)
+        return ShardStream(shard_dir, "train", _transform(True), seed=0)
+    backend = "torchvision" if path == "tvio" else "pil"
+    return ImageFolderStream(root, "train", _transform(path != "full"), seed=0, decoder=backend)
+
+
+def cpu_rate(ds, n: int, repeats: int = 5) -> tuple[float, float]:
+    """Images per CPU-second of ``ds.load`` in this process: mean and std over ``repeats`` runs
+    of ``n`` images, after 100 warm-up images (a fresh process starts up to 1.5x slower)."""
+    step = max(1, len(ds) // (n * repeats + 100))
+    for i in range(100):
+        ds.load(i * step % len(ds), 0)
+    rates = []
+    for r in range(repeats):
+        t0 = time.process_time()
+        for i in range(100 + r * n, 100 + (r + 1) * n):
+            ds.load(i * step % len(ds), 0)
+        rates.append(n / (time.process_time() - t0))
+    return float(np.mean(rates)), float(np.std(rates))
+
+
+def measure(ds, workers: int, batches: int) -> float:
+    """Wall-clock images/s with ``workers`` worker processes (batch 64, epoch 0)."""
     loader = make_stream_loader(ds, 64, train=True, seed=0, epoch=0, workers=workers)
     return _rate(loader, batches)[0]
 
@@ -112,15 +133,18 @@ def pixel_difference(root: Path, n: int) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of the generated JPEGs")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--paths", nargs="+", default=["full", "draft", "shards", "tvio"])
-    p.add_argument("--cache", type=Path, default=CACHE / "input_pipeline_500x375")
+    p.add_argument("--cache", type=Path, default=None, help="default: ~/.cache/sparsetrain/...")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(1)
-    root = make_images(args.cache, args.images)
-    shard_dir = args.cache.with_name(args.cache.name + "_shards")
+    worker_init()  # as in a loader worker: the in-process rates see the same allocator
+    size = tuple(int(v) for v in args.size.split("x"))
+    root = make_images(args.cache or CACHE / f"input_pipeline_{args.size}", args.images, size)
+    shard_dir = root.with_name(root.name + "_shards")
     if not (shard_dir / "train").is_dir():
         write_shards(root, shard_dir, shard_size=500)
     files = sorted((root / "train").rglob("*.jpg"))
@@ -131,16 +155,22 @@ def main() -> None:
         args.paths = [q for q in args.paths if q != "tvio"]
     rows = []
     for path in args.paths:
-        for w in args.workers:
-            rate = measure(root, shard_dir, path, w, args.batches)
-            load = os.getloadavg()[0]
-            rows.append(f"| {path} | {w} | {rate:.0f} | {rate / w:.0f} | {load:.2f} |")
-            print(rows[-1], flush=True)
+        ds = _dataset(root, shard_dir, path)
+        mean, std = cpu_rate(ds, 200)
+        cells = [f"{mean:.0f} ± {std:.0f}"]
+        for w in args.workers:  # median and range of 3 runs (other load on the machine)
+            runs = sorted(measure(ds, w, args.batches) for _ in range(3))
+            cells.append(f"{runs[1]:.0f} ({runs[0]:.0f}-{runs[2]:.0f})")
+        rows.append(f"| {path} | " + " | ".join(cells) + f" | {os.getloadavg()[0]:.2f} |")
+        print(rows[-1], flush=True)
     mean_d, max_d = pixel_difference(root, 300)
-    text = (f"{len(files)} JPEGs 500x375 q90, mean {kb:.0f} KB; RandomResizedCrop(224) + flip, "
-            f"uint8 batches of 64, {args.batches - 1} timed batches after the first\n\n"
-            "| path | workers | img/s | img/s per worker | load avg (1 min) |\n"
-            "|---|---|---|---|---|\n" + "\n".join(rows) +
+    wcols = " | ".join(f"img/s, {w} worker{'s' * (w > 1)}" for w in args.workers)
+    text = (f"{len(files)} JPEGs {args.size} q90, mean {kb:.0f} KB; RandomResizedCrop(224) + "
+            f"flip to uint8; files in the page cache; loaders: batches of 64, "
+            f"{args.batches - 1} timed after the first, median (range) of 3 runs\n\n"
+            f"| path | img/s per CPU-second (in process, mean ± std of 5) | {wcols} "
+            "| load avg (1 min) |\n"
+            "|---|---|" + "---|" * len(args.workers) + "---|\n" + "\n".join(rows) +
             f"\n\ndraft vs full, same crop boxes, 300 images: mean |diff| {mean_d:.2f} "
             f"(worst image {max_d:.2f}) uint8 levels\n")
     print(text)
