@@ -249,3 +249,26 @@ def test_cli_writes_shards_and_config_validates(jpeg_folder: Path, tmp_path: Pat
     if not _decode.has_torchvision_io():
         with pytest.raises(UserError, match="needs torchvision"):
             ImageFolderStream(jpeg_folder, "train", decoder="torchvision")
+
+
+def test_stream_loader_persistent_epochs_and_resume(jpeg_folder: Path, tmp_path: Path) -> None:
+    from sparsetrain.data.loader import StreamLoader
+    from sparsetrain.data.stream import normalize_batch
+
+    write_shards(jpeg_folder, tmp_path / "s", shard_size=4)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    for ds in (ImageFolderStream(jpeg_folder, "train", _tf(), seed=1),
+               ShardStream(tmp_path / "s", "train", _tf(), seed=1)):
+        loader = StreamLoader(ds, 4, mean, std, train=True, seed=2, workers=2, rank=1,
+                              world_size=2)
+        assert len(loader) == 11 // 4  # 21 samples padded to 22, 11 per rank
+        for epoch, start in ((0, 0), (1, 1), (0, 0)):  # a new plan, a resumed one, a repeat
+            plan = loader.plan(epoch)
+            got = [loader.batch(plan, i) for i in range(start, len(loader))]
+            ref = list(make_stream_loader(ds, 4, train=True, seed=2, epoch=epoch, workers=0,
+                                          rank=1, world_size=2, start_batch=start))
+            assert len(got) == len(ref) == len(loader) - start
+            for (x, y), (xr, yr) in zip(got, ref, strict=True):
+                assert x.dtype == torch.float32 and x.is_contiguous(
+                    memory_format=torch.channels_last)
+                assert torch.equal(x, normalize_batch(xr, mean, std)) and torch.equal(y, yr)

@@ -5,7 +5,8 @@ the image at 1/2, 1/4 or 1/8 scale, computed in the DCT domain (cheaper inverse 
 conversion and upsampling; the entropy decoding of every coefficient remains, so the saving
 is well below the pixel ratio). Cropping before decoding (libjpeg-turbo's
 ``jpeg_crop_scanline``/``jpeg_skip_scanlines``, as DALI's CPU decoder and FFCV use) is not
-exposed by Pillow, so it is not done here.
+exposed by Pillow, so it is not done here (stopping at the crop's bottom row through Pillow's
+private decoder API would save about a fifth of the decode; BENCHMARKS.md, issue 19).
 
 Resizing uses torch's antialiased bilinear filter on uint8 channels-last tensors (AVX2), which
 reproduces Pillow's ``BILINEAR`` resize to within rounding at about half its cost; crop boxes
