@@ -27,6 +27,7 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def _transform(draft: bool) -> Compose:
     return Compose([RandomResizedCrop(224, draft=draft), RandomHorizontalFlip()])
 
 
-def _rate(loader, n_batches: int) -> tuple[float, int]:
+def _rate(loader: Any, n_batches: int) -> tuple[float, int]:
     """Images/s over the batches after the first (worker start-up excluded)."""
     it = iter(loader)
     x, _ = next(it)
@@ -92,14 +93,14 @@ def _rate(loader, n_batches: int) -> tuple[float, int]:
     return seen / (time.perf_counter() - t0), seen
 
 
-def _dataset(root: Path, shard_dir: Path, path: str):
+def _dataset(root: Path, shard_dir: Path, path: str) -> ImageFolderStream | ShardStream:
     if path == "shards":
         return ShardStream(shard_dir, "train", _transform(True), seed=0)
     backend = "torchvision" if path == "tvio" else "pil"
     return ImageFolderStream(root, "train", _transform(path != "full"), seed=0, decoder=backend)
 
 
-def cpu_rate(ds, n: int, repeats: int = 5) -> tuple[float, float]:
+def cpu_rate(ds: Any, n: int, repeats: int = 5) -> tuple[float, float]:
     """Images per CPU-second of ``ds.load`` in this process: mean and std over ``repeats`` runs
     of ``n`` images, after 100 warm-up images (a fresh process starts up to 1.5x slower)."""
     step = max(1, len(ds) // (n * repeats + 100))
@@ -114,7 +115,7 @@ def cpu_rate(ds, n: int, repeats: int = 5) -> tuple[float, float]:
     return float(np.mean(rates)), float(np.std(rates))
 
 
-def measure(ds, workers: int, batches: int) -> float:
+def measure(ds: Any, workers: int, batches: int) -> float:
     """Wall-clock images/s with ``workers`` worker processes (batch 64, epoch 0)."""
     loader = make_stream_loader(ds, 64, train=True, seed=0, epoch=0, workers=workers)
     return _rate(loader, batches)[0]

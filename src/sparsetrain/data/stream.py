@@ -1,7 +1,8 @@
 """Streaming loader for image folders too large to hold in memory (ImageNet-style).
 
 Images are read from ``root/<split>/<class>/...`` one by one in DataLoader workers, augmented
-by the small PIL transforms below (no torchvision) and returned as uint8 ``[C, H, W]``;
+by our small transforms (:mod:`sparsetrain.data.transforms`, no torchvision) and returned as
+uint8 ``[C, H, W]``;
 :func:`normalize_batch` turns whole uint8 batches into normalized floats on the device.
 
 Every random decision for sample ``index`` in ``epoch`` comes from its own generator seeded by
@@ -11,7 +12,8 @@ called as ``t(img, g)`` with a ``torch.Generator`` (``None``: torch's global gen
 
 ``RandomResizedCrop(size, draft=True)`` is the fast training path for large JPEGs: it draws
 the crop box in original coordinates first (same draws as the full path), then decodes at the
-smallest DCT scale that keeps the box at least ``size`` (:mod:`sparsetrain.data._decode`).
+most reduced DCT scale (1/8, 1/4, 1/2, else full) that still leaves the box at least ``size``
+(:mod:`sparsetrain.data._decode`).
 Samples stay uint8 until :func:`normalize_batch` on the device; batches are collated in
 channels-last memory, the layout ``normalize_batch`` produces.
 """
