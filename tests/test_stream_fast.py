@@ -225,9 +225,12 @@ def test_shard_bad_input(jpeg_folder: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "s" / "train" / "index.json").unlink()  # the header scan finds it too
     with pytest.raises(UserError, match="corrupt shard"):
         ShardStream(tmp_path / "s", "train")
-    (tmp_path / "s" / "train" / "index.json").write_text("{not json")
-    with pytest.raises(UserError, match="corrupt shard index"):
-        ShardStream(tmp_path / "s", "train")
+    for bad in ("{not json", '{"classes": ["a"], "shards": [{"name": "x.tar"}]}',
+                '{"classes": ["a"], "shards": []}'):
+        (tmp_path / "s" / "train" / "index.json").write_text(bad)
+        with pytest.raises(UserError, match="corrupt shard index") as e:
+            ShardStream(tmp_path / "s", "train")
+        assert "\n" not in str(e.value)
     assert main(["write", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no split folder") and err.count("\n") == 1

@@ -150,16 +150,10 @@ class ShardStream(Dataset):
         if window < 1:
             raise UserError(f"shuffle window must be >= 1 shard, got {window}")
         index = _read_index(folder)
-        shards = index["shards"]
-        if not shards:
-            raise UserError(f"no shards listed in {folder / INDEX}")
-        self._names = [str(folder / s["name"]) for s in shards]
-        counts = [len(s["offsets"]) for s in shards]
-        self._shard = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
-        self._offset = np.concatenate([np.asarray(s["offsets"], np.int64) for s in shards])
-        self._size = np.concatenate([np.asarray(s["sizes"], np.int64) for s in shards])
-        self._labels = np.concatenate([np.asarray(s["labels"], np.int64) for s in shards])
-        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        try:
+            self._set_index(folder, index["shards"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"corrupt shard index {folder / INDEX}: {e!r}") from None
         for k, name in enumerate(self._names):
             sl = slice(self._starts[k], self._starts[k + 1])
             _check_shard(Path(name), int((self._offset[sl] + self._size[sl]).max(initial=0)))
@@ -170,6 +164,20 @@ class ShardStream(Dataset):
         self.transform, self.seed, self.window, self.epoch = transform, seed, window, 0
         self._fds: dict[int, int] = {}
         self._pid = -1
+
+    def _set_index(self, folder: Path, shards: list[dict]) -> None:
+        """Per-sample numpy arrays (shard, offset, size, label): forked workers share them."""
+        if not shards:
+            raise ValueError("no shards listed")
+        self._names = [str(folder / s["name"]) for s in shards]
+        counts = [len(s["offsets"]) for s in shards]
+        self._shard = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
+        self._offset = np.concatenate([np.asarray(s["offsets"], np.int64) for s in shards])
+        self._size = np.concatenate([np.asarray(s["sizes"], np.int64) for s in shards])
+        self._labels = np.concatenate([np.asarray(s["labels"], np.int64) for s in shards])
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        if not len(self._offset) == len(self._size) == len(self._labels):
+            raise ValueError("offsets, sizes and labels differ in length")
 
     def __len__(self) -> int:
         return len(self._labels)
