@@ -41,6 +41,7 @@ from sparsetrain.data import (
     load_split,
     train_val_split,
 )
+from sparsetrain.data.shards import open_stream
 from sparsetrain.data.stream import (
     CenterCrop,
     Compose,
@@ -95,7 +96,8 @@ def load_test_split(cfg: RunConfig, path: str) -> ImageArrays | ImageFolderStrea
     if d.loader == "stream":
         size = d.image_size
         tf = Compose([Resize(round(size * 256 / 224)), CenterCrop(size)])
-        return ImageFolderStream(path, "val" if Path(path, "val").is_dir() else "test", tf)
+        split = "val" if Path(path, "val").is_dir() else "test"
+        return open_stream(path, split, tf, fmt=d.format)
     test = load_split(d.dataset, path, "test", cache_dir=d.cache_dir)
     if d.test_subset is not None and d.test_subset < len(test):
         # stratified and the same for every run seed (archives are often stored class by
@@ -111,8 +113,8 @@ def load_data(cfg: RunConfig) -> DataBundle:
     if d.loader == "stream":
         if d.val_size or d.train_subset:
             raise UserError("data.val_size and data.train_subset need the device loader")
-        tf = Compose([RandomResizedCrop(d.image_size), RandomHorizontalFlip()])
-        train = ImageFolderStream(path, "train", tf, seed=cfg.seed)
+        tf = Compose([RandomResizedCrop(d.image_size, draft=True), RandomHorizontalFlip()])
+        train = open_stream(path, "train", tf, seed=cfg.seed, fmt=d.format)
         test = load_test_split(cfg, path)
         if list(test.classes) != list(train.classes):
             raise UserError(_class_mismatch(path, train.classes, test.classes))
