@@ -170,6 +170,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise UserError(f"need 0 <= --r-min < --r-max < 1, got {args.r_min}, {args.r_max}")
     if not 0 < args.tolerance < 1:
         raise UserError(f"--tolerance must be a fraction in (0, 1), got {args.tolerance}")
+    if args.latency is not None and not 0 < args.latency < 1:
+        raise UserError(f"--latency must be a fraction in (0, 1), got {args.latency}")
     cfg = load_config(resolve_recipe(args.config), args.overrides)
     names = [b.strip() for b in args.baselines.split(",") if b.strip()]
     baselines = () if args.no_baselines or names == ["none"] else tuple(names)
@@ -177,7 +179,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                            r_max=args.r_max, tolerance=args.tolerance,
                            abn_batches=args.abn_batches, holdout=args.holdout,
                            importance=args.importance,
-                           round_to=args.round_to, baselines=baselines,
+                           round_to=args.round_to, latency=args.latency,
+                           latency_batch=args.latency_batch,
+                           latency_precision=args.latency_precision, baselines=baselines,
                            finetune=not args.no_finetune, winner=not args.no_winner,
                            correlate=args.correlate, vanilla=args.vanilla_score,
                            workers=args.workers)
@@ -284,6 +288,13 @@ def _finite(text: str) -> float:
 
 
 _finite.__name__ = "number"
+
+
+def _step(text: str) -> int | str:
+    return "auto" if text == "auto" else _count(1)(text)
+
+
+_step.__name__ = "step (a whole number >= 1, or auto)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -419,7 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="channel importance within a group (default l1, EagleEye's): l2, "
                     "bn_scale (|gamma|), taylor (|w*grad| on the adaptive-BN batches), fpgm "
                     "(geometric median), lamp (ranks as l2 within a group), random")
-    ee.add_argument("--round-to", type=_count(1), help="keep channel counts multiples of N")
+    ee.add_argument("--round-to", type=_step, metavar="N|auto",
+                    help="keep channel counts multiples of N; auto: a step per channel group "
+                         "measured on this device (the default with --latency)")
+    ee.add_argument("--latency", type=_finite, metavar="FRACTION",
+                    help="constrain predicted latency instead of MACs: this fraction of the "
+                         "dense model's, from a per-layer table measured once on this device "
+                         "(cached in $SPARSETRAIN_CACHE, default ~/.cache/sparsetrain)")
+    ee.add_argument("--latency-batch", type=_count(1), default=64,
+                    help="batch size the latency table is measured at (default 64)")
+    ee.add_argument("--latency-precision", choices=["fp32", "bf16"],
+                    help="precision of the latency table (default: the recipe's)")
     ee.add_argument("--correlate", type=_count(0), default=0, metavar="K",
                     help="fine-tune K candidates briefly and correlate scores with accuracy")
     ee.add_argument("--workers", type=_count(1), metavar="N",

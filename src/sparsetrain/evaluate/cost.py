@@ -47,19 +47,25 @@ def measure_latency(
             x = torch.randn(bs, *size, device=device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            times = []
-            for i in range(warmup + repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                with autocast(device, prec):
-                    model(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            med = statistics.median(times)
+            med = time_forward(model, x, device, prec, warmup, repeats)
             out[f"{prec}_b{bs}"] = {"precision": prec, "batch": bs, "ms": 1000 * med,
                                     "images_per_s": bs / med, "repeats": repeats}
     model.train(was_training)
     return out
+
+
+def time_forward(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str,
+                 warmup: int, repeats: int) -> float:
+    """Median seconds of one forward of ``model`` on ``x`` (CUDA timings synchronized)."""
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -44,6 +44,7 @@ from sparsetrain.structured.io import (
     save_pruned,
     structure_of,
 )
+from sparsetrain.structured.latency import LatencyModel
 from sparsetrain.structured.macs import MacsModel, macs_params
 from sparsetrain.structured.sampler import Strategy, StrategySampler, uniform_strategy
 from sparsetrain.structured.search import (
@@ -58,6 +59,7 @@ from sparsetrain.structured.search import (
 __all__ = [
     "IMPORTANCES",
     "ChannelGroup",
+    "LatencyModel",
     "MacsModel",
     "SearchResult",
     "Strategy",

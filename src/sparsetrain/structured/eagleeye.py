@@ -10,17 +10,21 @@ Run directory ``cfg.run_dir`` (every stage resumes; a finished stage is skipped)
     correlation.json/.png, correlate/   optional correlation study (K brief fine-tunes, scored
                                      on validation images the search did not score on when
                                      --holdout takes only part of the split)
+    latency_table.json               with --latency or --round-to auto: the measured latency
+                                     table the search sampled with (a resume reuses it)
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from sparsetrain.checkpoint import write_json
 from sparsetrain.config import RunConfig
 from sparsetrain.errors import UserError
 from sparsetrain.precision import resolve_device, resolve_precision
@@ -28,6 +32,7 @@ from sparsetrain.rundir import RunDir
 from sparsetrain.structured.correlate import correlation_study
 from sparsetrain.structured.finetune import finetune_pruned
 from sparsetrain.structured.groups import accumulate_gradients, prunable_groups, prune_model
+from sparsetrain.structured.latency import LatencyModel
 from sparsetrain.structured.macs import MacsModel, macs_params
 from sparsetrain.structured.sampler import uniform_strategy
 from sparsetrain.structured.search import (
@@ -56,7 +61,13 @@ class EagleEyeOptions:
     # when None), or, without data.val_size, held out of the training set (1000 when None)
     holdout: int | None = None
     importance: str = "l1"
-    round_to: int | None = None
+    round_to: int | str | None = None  # a step for every group, or "auto" (measured per group)
+    # constrain the predicted latency (fraction of the dense model's, at latency_batch and
+    # latency_precision: None = the search's precision) instead of the MACs; implies
+    # round_to="auto" unless a step is given
+    latency: float | None = None
+    latency_batch: int = 64
+    latency_precision: str | None = None
     # baselines fine-tuned like the winner: "uniform" (uniform L1 at the same MACs) and
     # "random" (the best random strategy by vanilla score, no adaptive BN)
     baselines: tuple[str, ...] = ("uniform", "random")
@@ -114,6 +125,11 @@ def run_eagleeye(
     from sparsetrain.train.run import check_config
 
     o = opts or EagleEyeOptions()
+    if o.latency is not None and o.round_to not in (None, "auto"):
+        raise UserError("--latency measures the channel steps itself: use --round-to auto "
+                        "(the default with it), not a fixed step")
+    if isinstance(o.round_to, str) and o.round_to != "auto":
+        raise UserError(f"round_to must be a step >= 1 or 'auto', got {o.round_to!r}")
     unknown = sorted(set(o.baselines) - {"uniform", "random"})
     if unknown:
         raise UserError(f"unknown EagleEye baseline(s) {unknown}; choose from uniform, random")
@@ -160,6 +176,9 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
         scoring = unseen = held
     dev = resolve_device(cfg.train.device)  # the search runs where training runs
     dense = dense.to(dev)
+    precision = resolve_precision(cfg.train.precision, dev)
+    table = _latency_table(dense, cfg.run_dir, o, precision, cfg.train.progress)
+    steps = (table.step_of() or None) if table is not None else o.round_to
     fmt = dict(device=dev, channels_last=cfg.train.channels_last)
     tb = abn_batches(rest, mean, std, n=o.abn_batches, batch_size=d.batch_size, seed=cfg.seed,
                      pad=d.pad, padding_mode=d.padding_mode, **fmt)
@@ -167,12 +186,13 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
     if o.importance == "taylor":  # |w * dL/dw| per filter, gradients of the ABN batches
         accumulate_gradients(dense, tb)
     run_dir = cfg.run_dir
-    res = eagleeye_search(dense, tb, hb, run_dir, flops_target=o.flops, candidates=o.candidates,
+    target = o.flops if o.latency is None else o.latency
+    res = eagleeye_search(dense, tb, hb, run_dir, flops_target=target, candidates=o.candidates,
                           r_min=o.r_min, r_max=o.r_max, tolerance=o.tolerance,
                           abn_batches=o.abn_batches, seed=cfg.seed, importance=o.importance,
-                          round_to=o.round_to, progress=cfg.train.progress,
-                          precision=resolve_precision(cfg.train.precision, dev),
-                          vanilla=o.needs_vanilla(), workers=o.workers)
+                          round_to=steps, progress=cfg.train.progress, precision=precision,
+                          vanilla=o.needs_vanilla(), workers=o.workers,
+                          latency=table if o.latency is not None else None)
     info = _search_info(res)
     if o.correlate:
         short = cfg.model_copy(update={"train": cfg.train.model_copy(update={
@@ -181,7 +201,7 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
         def brief(c: dict[str, Any]) -> float:
             rc = short.model_copy(update={"out_dir": str(run_dir / "correlate"),
                                           "name": f"cand_{c['index']}"})
-            s = finetune_pruned(rc, prune_model(dense, c["ratios"], o.importance, o.round_to),
+            s = finetune_pruned(rc, prune_model(dense, c["ratios"], o.importance, steps),
                                 rc.run_dir, train_data=rest, evals={"val": unseen},
                                 info=data.info)
             return float(s["final"]["val_acc"])
@@ -198,7 +218,7 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
     def tune(ratios: dict[str, float], sub: str | None, extra: dict[str, Any]) -> dict[str, Any]:
         rc = cfg if sub is None else cfg.model_copy(update={"out_dir": str(run_dir),
                                                             "name": sub})
-        pruned = prune_model(dense, ratios, o.importance, o.round_to)
+        pruned = prune_model(dense, ratios, o.importance, steps)
         macs, params = macs_params(pruned)
         structured = {"macs_dense": res.dense_macs, "macs": macs, "params": params,
                       "params_dense": res.dense_params, "macs_ratio": macs / res.dense_macs,
@@ -214,13 +234,13 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
     if o.winner:
         b = res.best
         extra = {"strategy": "eagleeye", "candidate": b["index"], "abn_score": b["abn_score"]}
-        if "vanilla_score" in b:
-            extra["vanilla_score"] = b["vanilla_score"]
+        extra.update({k: b[k] for k in ("vanilla_score", "latency_ratio") if k in b})
         summary = tune(b["ratios"], None, extra)
     baselines = {}
     if "uniform" in o.baselines:
         groups = prunable_groups(dense)
-        uni = uniform_strategy(MacsModel.build(dense, groups, o.round_to), o.flops)
+        mm = MacsModel.build(dense, groups, steps)  # the same cost as the search's band
+        uni = uniform_strategy(mm if table is None or o.latency is None else table, target)
         baselines["uniform"] = tune(uni, "baseline_uniform", {"strategy": "uniform_l1"})
     if "random" in o.baselines and res.best_vanilla is not None:
         bv = res.best_vanilla
@@ -233,10 +253,38 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
         return {**info, "baselines": outcome}
     summary["baselines"] = outcome
     summary["search"] = info  # this call's view (with the correlation study if it ran)
-    from sparsetrain.checkpoint import write_json
-
     write_json(summary, run_dir / "summary.json")
     return summary
+
+
+def _latency_table(dense: nn.Module, run_dir: Path, o: EagleEyeOptions, precision: str,
+                   progress: bool) -> LatencyModel | None:
+    """The run's latency table: its saved copy when resuming, else measured (layer timings
+    come from the device cache when present) and saved in the run folder."""
+    if o.latency is None and o.round_to != "auto":
+        return None
+    if o.round_to not in (None, "auto"):  # a fixed step with a latency band
+        raise UserError("--latency measures the channel steps itself: use --round-to auto "
+                        "(the default) with it")
+    path = run_dir / "latency_table.json"
+    prec = o.latency_precision or precision
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path} is corrupt; delete it (and the search) to measure again") \
+                from None
+        table = LatencyModel.from_json(data, str(path))
+        want = {"precision": prec, "batch": o.latency_batch}
+        if {k: table.key.get(k) for k in want} != want:
+            raise UserError(f"{path} was measured at {table.key.get('precision')}, batch "
+                            f"{table.key.get('batch')}; this search asks for {prec}, batch "
+                            f"{o.latency_batch}: use another run name")
+        return table
+    table = LatencyModel.measure(dense, prunable_groups(dense), batch=o.latency_batch,
+                                 precision=prec, progress=progress)
+    write_json(table.to_json(), path)
+    return table
 
 
 def _search_info(res: SearchResult) -> dict[str, Any]:

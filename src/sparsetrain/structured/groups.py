@@ -208,11 +208,12 @@ def kept_indices(
     groups: Sequence[ChannelGroup],
     ratios: Mapping[str, float],
     importance: str = "l1",
-    round_to: int | None = None,
+    round_to: int | Mapping[str, int] | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, list[int]]:
     """Sorted indices of the channels each group keeps: its ``kept_count`` most important ones
-    (ties keep the lower index). Groups missing from ``ratios`` keep every channel."""
+    (ties keep the lower index). Groups missing from ``ratios`` keep every channel;
+    ``round_to`` is one step, or a step per group name (missing: no rounding)."""
     known = {g.name for g in groups}
     unknown = sorted(set(ratios) - known)
     if unknown:
@@ -222,7 +223,8 @@ def kept_indices(
         r = float(ratios.get(g.name, 0.0))
         if not 0.0 <= r < 1.0:
             raise UserError(f"pruning ratio of group {g.name!r} must be in [0, 1), got {r!r}")
-        k = kept_count(g.channels, r, round_to)
+        step = round_to.get(g.name) if isinstance(round_to, Mapping) else round_to
+        k = kept_count(g.channels, r, step)
         score = channel_importance(g, importance, generator)
         # stable descending sort: equal scores keep the lower channel index
         order = torch.sort(-score, stable=True).indices
@@ -257,7 +259,7 @@ def prune_model(
     model: nn.Module,
     ratios: Mapping[str, float],
     importance: str = "l1",
-    round_to: int | None = None,
+    round_to: int | Mapping[str, int] | None = None,
     generator: torch.Generator | None = None,
     groups: Sequence[ChannelGroup] | None = None,
 ) -> nn.Module:

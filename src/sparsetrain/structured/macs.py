@@ -30,7 +30,7 @@ from sparsetrain.errors import UserError
 from sparsetrain.models.flops import layer_flops
 from sparsetrain.structured.groups import ChannelGroup
 
-__all__ = ["MacsModel", "kept_counts", "macs_params"]
+__all__ = ["MacsModel", "RoundTo", "kept_counts", "layer_columns", "macs_params", "round_steps"]
 
 
 def macs_params(model: nn.Module) -> tuple[int, int]:
@@ -38,18 +38,65 @@ def macs_params(model: nn.Module) -> tuple[int, int]:
     return layer_flops(model)["total"] // 2, sum(p.numel() for p in model.parameters())
 
 
+RoundTo = int | Mapping[str, int] | None  # one step for every group, or a step per group name
+
+
+def round_steps(round_to: RoundTo, names: Sequence[str]) -> tuple[int, ...] | None:
+    """``round_to`` as one step per group of ``names`` (1: no rounding), or None."""
+    if not round_to:
+        return None
+    if isinstance(round_to, Mapping):
+        unknown = sorted(set(round_to) - set(names))
+        if unknown:
+            raise UserError(f"round_to names unknown channel groups {unknown}")
+        return tuple(max(1, int(round_to.get(n, 1))) for n in names)
+    return (int(round_to),) * len(names)
+
+
 def kept_counts(
-    ratios: torch.Tensor, channels: torch.Tensor, round_to: int | None = None
+    ratios: torch.Tensor, channels: torch.Tensor,
+    round_to: int | Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Vectorized :func:`sparsetrain.structured.groups.kept_count`: ``ratios`` float64
-    ``[B, G]``, ``channels`` int64 ``[G]`` -> kept channels int64 ``[B, G]``."""
+    ``[B, G]``, ``channels`` int64 ``[G]`` -> kept channels int64 ``[B, G]``; ``round_to`` is
+    one step or one per group (:func:`round_steps`)."""
     c = channels.to(torch.float64)
     kept = (c - torch.floor(ratios.to(torch.float64) * c)).clamp_min(1.0)
     if round_to:
-        rounded = torch.floor(kept / round_to + 0.5) * round_to
-        rounded = torch.minimum(rounded.clamp_min(float(round_to)), c.expand_as(rounded))
-        kept = torch.where(c > round_to, rounded, kept)
+        r = torch.as_tensor(round_to, dtype=torch.float64).clamp_min(1.0).expand_as(c)
+        rounded = torch.floor(kept / r + 0.5) * r
+        rounded = torch.minimum(torch.maximum(rounded, r), c.expand_as(rounded))
+        kept = torch.where(c > r, rounded, kept)
     return kept.to(torch.int64)
+
+
+def _dims(m: nn.Module) -> tuple[int, int]:
+    return ((m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d)
+            else (m.in_features, m.out_features))
+
+
+def layer_columns(
+    model: nn.Module, groups: Sequence[ChannelGroup]
+) -> list[tuple[str, nn.Module, int, int]]:
+    """``(name, layer, j_in, j_out)`` for every Conv2d/Linear of ``model``: the index of the
+    group controlling its input / output channels (``len(groups)`` when none does; a depthwise
+    conv's input column is ``len(groups)`` too, its inputs follow its outputs)."""
+    col = {g.name: i for i, g in enumerate(groups)}
+    out_of = {layer: col[g.name] for g in groups for layer in g.out_layers}
+    in_of = {layer: col[g.name] for g in groups for layer in g.in_layers}
+    ones = len(groups)
+    out = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d | nn.Linear):
+            continue
+        n_in, n_out = _dims(m)
+        depthwise = isinstance(m, nn.Conv2d) and m.groups > 1
+        if depthwise and not (m.groups == n_in == n_out):
+            raise UserError(f"layer {name}: grouped convs other than depthwise are not "
+                            "supported by the analytic cost models")
+        out.append((name, m, ones if depthwise else in_of.get(name, ones),
+                    out_of.get(name, ones)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -64,34 +111,24 @@ class MacsModel:
     b: torch.Tensor  # int64 [L], column giving its kept outputs
     rest: int  # MACs outside the modelled layers (constant)
     dense_macs: int
-    round_to: int | None = None
+    round_to: tuple[int, ...] | None = None  # a step per group (:func:`round_steps`)
 
     @classmethod
     def build(
-        cls, model: nn.Module, groups: Sequence[ChannelGroup], round_to: int | None = None
+        cls, model: nn.Module, groups: Sequence[ChannelGroup], round_to: RoundTo = None
     ) -> MacsModel:
         """The model of ``model``'s MACs under pruning of ``groups`` (one ``layer_flops`` pass)."""
         flops = layer_flops(model)
-        col = {g.name: i for i, g in enumerate(groups)}
-        out_of = {layer: col[g.name] for g in groups for layer in g.out_layers}
-        in_of = {layer: col[g.name] for g in groups for layer in g.in_layers}
         ones = len(groups)
         coef, a, b = [], [], []
         modelled = 0
-        for name, m in model.named_modules():
-            if not isinstance(m, nn.Conv2d | nn.Linear) or flops.get(name, 0) == 0:
+        for name, m, j_in, j_out in layer_columns(model, groups):
+            if flops.get(name, 0) == 0:
                 continue
             macs = flops[name] // 2
             modelled += macs
-            n_in, n_out = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (
-                m.in_features, m.out_features)
-            depthwise = isinstance(m, nn.Conv2d) and m.groups > 1
-            if depthwise and not (m.groups == n_in == n_out):
-                raise UserError(f"layer {name}: grouped convs other than depthwise are not "
-                                "supported by the analytic MACs model")
+            n_in, n_out = _dims(m)
             # a layer outside every group keeps all its channels: fold the count into coef
-            j_out = out_of.get(name, ones)
-            j_in = ones if depthwise else in_of.get(name, ones)
             div = (n_out if j_out != ones else 1) * (n_in if j_in != ones else 1)
             if macs % div:
                 raise UserError(f"layer {name}: MACs {macs} not divisible by {div}")
@@ -107,7 +144,7 @@ class MacsModel:
             b=torch.tensor(b, dtype=torch.int64),
             rest=total - modelled,
             dense_macs=total,
-            round_to=round_to,
+            round_to=round_steps(round_to, [g.name for g in groups]),
         )
 
     def macs_of_kept(self, kept: torch.Tensor) -> torch.Tensor:
@@ -119,6 +156,11 @@ class MacsModel:
         """MACs (int64 ``[B]``) of per-group ratios ``ratios`` ``[B, G]`` (column order
         ``names``)."""
         return self.macs_of_kept(kept_counts(ratios, self.channels, self.round_to))
+
+    def ratio_of_ratios(self, ratios: torch.Tensor) -> torch.Tensor:
+        """MACs as a fraction of the dense model's (float64 ``[B]``): the cost a sampler's band
+        constrains (:class:`sparsetrain.structured.latency.LatencyModel` has the same method)."""
+        return self.macs_of_ratios(ratios).to(torch.float64) / self.dense_macs
 
     def as_tensor(self, ratios: Mapping[str, float]) -> torch.Tensor:
         """A strategy dict as a float64 ``[1, G]`` row (missing groups: ratio 0)."""

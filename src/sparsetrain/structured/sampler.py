@@ -2,7 +2,9 @@
 
 A strategy is one ratio per channel group, ``r_g ~ U[r_min, r_max]`` i.i.d.; it is accepted when
 its MACs ratio (pruned / dense, by the exact analytic :class:`MacsModel`) lies within
-``target ± tolerance`` (DESIGN.md §3.6 step 2: plain rejection sampling).
+``target ± tolerance`` (DESIGN.md §3.6 step 2: plain rejection sampling). With a ``cost``
+model (:class:`sparsetrain.structured.latency.LatencyModel`) the band constrains its ratio
+instead, the predicted latency; the MACs are still recorded.
 
 Determinism and resumability: candidate ``i`` is drawn from a generator seeded by
 ``(seed, i)`` alone, so candidate ``i`` is the same whether the search ran uninterrupted or was
@@ -14,6 +16,7 @@ drawing them one by one, with one vectorized MACs evaluation per block.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,6 +42,7 @@ class Strategy:
     macs: int
     macs_ratio: float
     tries: int
+    latency_ratio: float | None = None  # predicted, when the band constrains latency
 
 
 class StrategySampler:
@@ -59,6 +63,7 @@ class StrategySampler:
         seed: int = 0,
         block: int = 256,
         max_tries: int = 2_000_000,
+        cost: Any = None,
     ) -> None:
         if not 0.0 <= r_min <= r_max < 1.0:
             raise UserError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
@@ -66,25 +71,31 @@ class StrategySampler:
             raise UserError(f"need a FLOPs target in (0, 1] and tolerance >= 0, got {target}, "
                             f"{tolerance}")
         self.model = macs_model
+        self.cost = cost  # None: the band is on MACs; else anything with ratio_of_ratios
+        if cost is not None and (tuple(cost.names) != macs_model.names
+                                 or cost.round_to != macs_model.round_to):
+            raise UserError("the cost model's groups or channel steps differ from the MACs "
+                            "model's")
         self.r_min, self.r_max = float(r_min), float(r_max)
         self.target, self.tolerance = float(target), float(tolerance)
         self.seed, self.block, self.max_tries = int(seed), int(block), int(max_tries)
         self.proposals = 0
         self.accepted = 0
         g = len(macs_model.names)
-        lo = macs_model.macs_of_ratios(torch.full((1, g), self.r_max, dtype=torch.float64))
-        hi = macs_model.macs_of_ratios(torch.full((1, g), self.r_min, dtype=torch.float64))
-        lo_r, hi_r = int(lo) / macs_model.dense_macs, int(hi) / macs_model.dense_macs
+        judge = cost or macs_model
+        lo_r = float(judge.ratio_of_ratios(torch.full((1, g), self.r_max, dtype=torch.float64)))
+        hi_r = float(judge.ratio_of_ratios(torch.full((1, g), self.r_min, dtype=torch.float64)))
         if lo_r > target + tolerance or hi_r < target - tolerance:
-            raise UserError(f"FLOPs target {target}±{tolerance} is unreachable with ratios in "
+            what = "FLOPs" if cost is None else "latency"
+            raise UserError(f"{what} target {target}±{tolerance} is unreachable with ratios in "
                             f"[{r_min}, {r_max}] (reachable: {lo_r:.4f}..{hi_r:.4f})")
 
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.proposals if self.proposals else float("nan")
 
-    def in_band(self, macs: torch.Tensor) -> torch.Tensor:
-        ratio = macs.to(torch.float64) / self.model.dense_macs
+    def in_band(self, ratio: torch.Tensor) -> torch.Tensor:
+        """Which cost ratios (float64 ``[B]``) lie inside the band."""
         return (ratio - self.target).abs() <= self.tolerance
 
     def sample(self, index: int) -> Strategy:
@@ -95,31 +106,33 @@ class StrategySampler:
         while tries < self.max_tries:
             u = torch.rand(self.block, n_groups, generator=g, dtype=torch.float64)
             ratios = self.r_min + (self.r_max - self.r_min) * u
-            macs = self.model.macs_of_ratios(ratios)
-            ok = torch.nonzero(self.in_band(macs)).flatten()
+            judged = (self.cost or self.model).ratio_of_ratios(ratios)
+            ok = torch.nonzero(self.in_band(judged)).flatten()
             if len(ok):
                 j = int(ok[0])
                 tries += j + 1
                 self.proposals += tries
                 self.accepted += 1
                 row = ratios[j].tolist()
-                m = int(macs[j])
+                m = int(self.model.macs_of_ratios(ratios[j:j + 1])[0])
+                lat = None if self.cost is None else float(judged[j])
                 return Strategy(index, dict(zip(self.model.names, row, strict=True)), m,
-                                m / self.model.dense_macs, tries)
+                                m / self.model.dense_macs, tries, lat)
             tries += self.block
         self.proposals += tries
-        raise UserError(f"no strategy within {self.target}±{self.tolerance} of the dense MACs in "
-                        f"{tries} proposals; widen the tolerance or [r_min, r_max]")
+        what = "MACs" if self.cost is None else "latency"
+        raise UserError(f"no strategy within {self.target}±{self.tolerance} of the dense {what} "
+                        f"in {tries} proposals; widen the tolerance or [r_min, r_max]")
 
 
-def uniform_strategy(macs_model: MacsModel, target: float, iters: int = 60) -> dict[str, float]:
-    """One ratio for every group (uniform L1 pruning baseline), the one whose MACs ratio is
-    closest to ``target``, found by bisection (MACs do not increase with the ratio)."""
+def uniform_strategy(macs_model: Any, target: float, iters: int = 60) -> dict[str, float]:
+    """One ratio for every group (uniform L1 pruning baseline), the one whose cost ratio
+    (``macs_model.ratio_of_ratios``: MACs, or a latency model's prediction) is closest to
+    ``target``, found by bisection (the cost does not increase with the ratio)."""
     n = len(macs_model.names)
 
     def ratio_of(r: float) -> float:
-        row = torch.full((1, n), r, dtype=torch.float64)
-        return int(macs_model.macs_of_ratios(row)[0]) / macs_model.dense_macs
+        return float(macs_model.ratio_of_ratios(torch.full((1, n), r, dtype=torch.float64))[0])
 
     lo, hi = 0.0, 1.0 - 1e-12  # ratio_of(lo) >= target side, ratio_of(hi) below it
     if ratio_of(lo) <= target:

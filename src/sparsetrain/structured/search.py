@@ -55,7 +55,8 @@ from sparsetrain.errors import UserError
 from sparsetrain.precision import autocast
 from sparsetrain.structured.adaptive_bn import adaptive_bn
 from sparsetrain.structured.groups import ChannelGroup, prunable_groups, prune_model
-from sparsetrain.structured.macs import MacsModel
+from sparsetrain.structured.latency import LatencyModel
+from sparsetrain.structured.macs import MacsModel, RoundTo
 from sparsetrain.structured.sampler import Strategy, StrategySampler, candidate_generator
 
 __all__ = [
@@ -218,17 +219,21 @@ def eagleeye_search(
     abn_batches: int = 50,
     seed: int = 0,
     importance: str = "l1",
-    round_to: int | None = None,
+    round_to: RoundTo = None,
     precision: str = "fp32",
     progress: bool = True,
     vanilla: bool = False,
     workers: int | None = None,
+    latency: LatencyModel | None = None,
 ) -> SearchResult:
     """Run (or continue) the search until ``out_dir/candidates.jsonl`` holds ``candidates``
     lines; ``train_batches`` feed adaptive BN, ``holdout`` (test-time transforms, part of the
     training set) scores candidates. ``precision`` ("fp32" or "bf16" autocast, as in training)
     is the one both forward passes and adaptive BN run in. ``vanilla`` adds the score before
-    adaptive BN; ``workers`` processes score candidates (default :func:`default_workers`)."""
+    adaptive BN; ``workers`` processes score candidates (default :func:`default_workers`).
+    With ``latency`` (a measured :class:`LatencyModel`) the band ``flops_target ± tolerance``
+    constrains the predicted latency ratio instead of the MACs ratio, and channel counts are
+    snapped to the table's steps (``round_to`` must be None or those steps)."""
     if candidates < 1:
         raise UserError(f"need at least one candidate, got {candidates}")
     device = next(dense_model.parameters()).device
@@ -244,7 +249,7 @@ def eagleeye_search(
                        candidates=candidates, r_min=r_min, r_max=r_max, tolerance=tolerance,
                        abn_batches=abn_batches, seed=seed, importance=importance,
                        round_to=round_to, precision=precision, progress=progress,
-                       vanilla=vanilla, workers=n_workers)
+                       vanilla=vanilla, workers=n_workers, latency=latency)
     finally:
         dense_model.train(was_training)
 
@@ -252,16 +257,24 @@ def eagleeye_search(
 def _search(
     dense_model: nn.Module, train_batches: Sequence[Any], holdout: Sequence[Batch], out: Path,
     *, flops_target: float, candidates: int, r_min: float, r_max: float, tolerance: float,
-    abn_batches: int, seed: int, importance: str, round_to: int | None, precision: str,
-    progress: bool, vanilla: bool, workers: int,
+    abn_batches: int, seed: int, importance: str, round_to: RoundTo, precision: str,
+    progress: bool, vanilla: bool, workers: int, latency: LatencyModel | None,
 ) -> SearchResult:
     groups = prunable_groups(dense_model)
+    if latency is not None:
+        if round_to and round_to != latency.step_of():
+            raise UserError("a latency-constrained search snaps channels to its table's steps; "
+                            "do not pass round_to as well")
+        round_to = latency.step_of() or None
     macs_model = MacsModel.build(dense_model, groups, round_to)
-    sampler = StrategySampler(macs_model, r_min, r_max, flops_target, tolerance, seed)
+    sampler = StrategySampler(macs_model, r_min, r_max, flops_target, tolerance, seed,
+                              cost=latency)
     settings = _settings(dense_model, groups, flops_target=flops_target, r_min=r_min,
                          r_max=r_max, tolerance=tolerance, abn_batches=abn_batches, seed=seed,
                          importance=importance, round_to=round_to, precision=precision,
                          holdout=_fingerprint(holdout))
+    if latency is not None:  # the band is on this table's predictions
+        settings["latency"] = {"table": latency.digest(), **latency.key}
     _check_settings(out / "search.json", settings)
     if not (out / "search.json").is_file():
         write_json({"settings": settings}, out / "search.json")
@@ -341,7 +354,7 @@ def _add_vanilla(
 def _strategy(rec: dict[str, Any], sampler: StrategySampler) -> Strategy:
     m = int(rec["macs"])
     return Strategy(int(rec["index"]), rec["ratios"], m, m / sampler.model.dense_macs,
-                    int(rec["tries"]))
+                    int(rec["tries"]), rec.get("latency_ratio"))
 
 
 @dataclass
@@ -355,7 +368,7 @@ class _Scorer:
     holdout: Sequence[Batch]
     abn_batches: int
     importance: str
-    round_to: int | None
+    round_to: RoundTo
     seed: int
     precision: str
     groups: list[ChannelGroup] | None = None
@@ -386,6 +399,8 @@ class _Scorer:
                 "index": s.index, "ratios": s.ratios, "macs": s.macs,
                 "params": sum(p.numel() for p in pruned.parameters()),
                 "macs_ratio": s.macs_ratio, "tries": s.tries}
+            if s.latency_ratio is not None:  # the table's prediction, dense = 1
+                rec["latency_ratio"] = s.latency_ratio
             if vanilla:
                 rec["vanilla_score"] = top1(pruned, self.holdout)
             if abn:

@@ -1,0 +1,209 @@
+"""The latency lookup table of latency-aware structured pruning (issue 19.2): measured steps,
+predictions equal to a hand sum over the physically pruned model, the device cache, the
+latency band of the sampler, and the EagleEye workflow with ``--latency`` (a deterministic fake
+timer stands in for the clock, so every number below is exact)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from sparsetrain.checkpoint import save_checkpoint
+from sparsetrain.config import validate
+from sparsetrain.errors import UserError
+from sparsetrain.models import create_model
+from sparsetrain.structured import MacsModel, StrategySampler, prunable_groups, prune_model
+from sparsetrain.structured import latency as lat
+from sparsetrain.structured.eagleeye import EagleEyeOptions, run_eagleeye
+from sparsetrain.structured.latency import LatencyModel, measure_steps
+from sparsetrain.structured.search import read_candidates
+
+
+def block_ms(spec: dict, kin: int, kout: int) -> float:
+    """A kernel that works in blocks of 8 channels (oneDNN on AVX2): cost ~ padded blocks."""
+    if spec["kind"] == "linear":
+        return 0.01 * math.ceil(kin / 8) * math.ceil(kout / 8)
+    area = spec["h"] * spec["w"] * (9 if spec["k"] == "3x3" else 1)
+    return 1e-4 * area * math.ceil(kin / 8) * math.ceil(kout / 8)
+
+
+class Counting:
+    def __init__(self, fn=block_ms):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, spec, kin, kout):
+        self.calls += 1
+        return self.fn(spec, kin, kout)
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _resnet20():
+    torch.manual_seed(0)
+    return create_model("resnet20").eval()
+
+
+def hand_ms(model: nn.Module) -> float:
+    """The fake timer summed over the Conv2d/Linear layers of a (pruned) model."""
+    shapes = lat._input_shapes(model)
+    total = 0.0
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            spec = lat._unit_spec(m, shapes[name])
+            total += block_ms(spec, m.in_channels, m.out_channels)
+        elif isinstance(m, nn.Linear):
+            total += block_ms({"kind": "linear"}, m.in_features, m.out_features)
+    return total
+
+
+@pytest.mark.parametrize("curve,channels,step", [
+    ({k: float(math.ceil(k / 8)) for k in range(1, 65)}, 64, 8),  # blocks of 8
+    ({k: float(math.ceil(k / 16)) for k in range(1, 65)}, 64, 16),  # blocks of 16
+    ({k: float(k) for k in range(1, 65)}, 64, 1),  # every channel costs: no free rounding
+    ({k: float(math.ceil(k / 8)) for k in range(1, 9)}, 8, 4),  # a step is below the width
+])
+def test_measured_step_is_the_block_size(curve, channels, step):
+    assert measure_steps(curve, channels) == step
+
+
+def test_prediction_equals_the_hand_sum_over_the_pruned_model():
+    dense = _resnet20()
+    groups = prunable_groups(dense)
+    t = Counting()
+    lm = LatencyModel.measure(dense, groups, batch=8, timer=t, dense_ms=hand_ms(dense) + 3.0)
+    assert set(lm.round_to) == {8}  # every group of resnet20 has 16, 32 or 64 channels
+    assert lm.rest_ms == pytest.approx(3.0) and lm.dense_pred == pytest.approx(lm.dense_ms)
+    mm = MacsModel.build(dense, groups, lm.step_of())
+    sampler = StrategySampler(mm, 0.0, 0.7, 0.5, 0.05, seed=1)
+    for i in range(4):
+        s = sampler.sample(i)
+        pruned = prune_model(dense, s.ratios, "l1", lm.step_of(), groups=groups)
+        row = mm.as_tensor(s.ratios)
+        want = (hand_ms(pruned) + 3.0) / lm.dense_pred
+        assert float(lm.ratio_of_ratios(row)[0]) == pytest.approx(want, rel=1e-12)
+
+
+def test_every_kept_count_is_a_multiple_of_the_step():
+    dense = _resnet20()
+    groups = prunable_groups(dense)
+    lm = LatencyModel.measure(dense, groups, batch=8, timer=block_ms, dense_ms=1.0)
+    for r in (0.05, 0.3, 0.55, 0.7):
+        pruned = prune_model(dense, dict.fromkeys(lm.names, r), "l1", lm.step_of())
+        counts = {m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)}
+        assert all(c % 8 == 0 for c in counts), (r, counts)
+
+
+def test_cache_measures_once_per_device_key(cache_dir):
+    dense = _resnet20()
+    groups = prunable_groups(dense)
+    first = Counting()
+    a = LatencyModel.measure(dense, groups, batch=8, timer=first, dense_ms=100.0)
+    assert first.calls > 0 and len(list((cache_dir / "latency").iterdir())) == 1
+    again = Counting()
+    b = LatencyModel.measure(dense, groups, batch=8, timer=again, dense_ms=100.0)
+    assert again.calls == 0 and b.to_json() == a.to_json()
+    other = Counting()  # another precision (or batch) is another key: measured anew
+    LatencyModel.measure(dense, groups, batch=8, precision="bf16", timer=other, dense_ms=100.0)
+    assert other.calls == first.calls
+    assert len(list((cache_dir / "latency").iterdir())) == 2
+    for f in (cache_dir / "latency").iterdir():  # a corrupt cache is measured again
+        f.write_text("{not json")
+    fresh = Counting()
+    c = LatencyModel.measure(dense, groups, batch=8, timer=fresh, dense_ms=100.0)
+    assert fresh.calls == first.calls and c.to_json() == a.to_json()
+    off = Counting()
+    LatencyModel.measure(dense, groups, batch=8, timer=off, dense_ms=100.0, cache=False)
+    assert off.calls == first.calls
+
+
+def test_table_roundtrips_and_bad_tables_are_one_line_errors():
+    dense = _resnet20()
+    lm = LatencyModel.measure(dense, prunable_groups(dense), batch=8, timer=block_ms,
+                              dense_ms=50.0)
+    back = LatencyModel.from_json(json.loads(json.dumps(lm.to_json())))
+    r = torch.rand(16, len(lm.names), generator=torch.Generator().manual_seed(0)) * 0.7
+    assert torch.equal(back.ratio_of_ratios(r.double()), lm.ratio_of_ratios(r.double()))
+    assert back.digest() == lm.digest()
+    for bad in ({}, {"units": 3}, {**lm.to_json(), "units": [{"name": "x"}]}):
+        with pytest.raises(UserError, match="not a latency table"):
+            LatencyModel.from_json(bad, "t.json")
+
+
+def test_bilinear_is_exact_on_the_grid_and_linear_between():
+    gx = torch.tensor([1.0, 4.0, 8.0], dtype=torch.float64)
+    gy = torch.tensor([2.0, 6.0], dtype=torch.float64)
+    t = torch.tensor([[1.0, 2.0], [3.0, 5.0], [7.0, 11.0]], dtype=torch.float64)
+    x = torch.tensor([1.0, 4.0, 8.0, 2.5, 6.0, 8.0], dtype=torch.float64)
+    y = torch.tensor([2.0, 6.0, 6.0, 2.0, 4.0, 9.0], dtype=torch.float64)
+    got = lat._bilinear(gx, gy, t, x, y).tolist()
+    assert got[:3] == [1.0, 5.0, 11.0]
+    assert got[3] == pytest.approx(2.0)  # halfway between 1 and 3
+    assert got[4] == pytest.approx((3.0 + 7.0 + 5.0 + 11.0) / 4)  # the cell's centre
+    assert got[5] == 11.0  # clamped to the grid
+
+
+def test_uneven_axis_is_exact_where_rounding_lands():
+    assert lat._axis(64, 8) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert lat._axis(20, 8) == [8, 16, 20]  # the full width is always possible
+    assert lat._axis(10, 1) == list(range(1, 11))
+    wide = lat._axis(512, 1)
+    assert len(wide) == lat.GRID and wide[0] == 1 and wide[-1] == 512
+
+
+def test_sampler_with_a_latency_band():
+    dense = _resnet20()
+    groups = prunable_groups(dense)
+    lm = LatencyModel.measure(dense, groups, batch=8, timer=block_ms, dense_ms=hand_ms(dense))
+    mm = MacsModel.build(dense, groups, lm.step_of())
+    s1 = StrategySampler(mm, 0.0, 0.7, 0.5, 0.02, seed=3, cost=lm)
+    s2 = StrategySampler(mm, 0.0, 0.7, 0.5, 0.02, seed=3, cost=lm)
+    for i in range(5):
+        a, b = s1.sample(i), s2.sample(i)
+        assert a == b and abs(a.latency_ratio - 0.5) <= 0.02
+        assert a.macs == mm.macs(a.ratios)  # the MACs are still the exact analytic count
+    with pytest.raises(UserError, match="latency target"):
+        StrategySampler(mm, 0.0, 0.1, 0.2, 0.01, cost=lm)
+    with pytest.raises(UserError, match="differ"):  # tables and MACs must snap alike
+        StrategySampler(MacsModel.build(dense, groups), cost=lm)
+
+
+def test_eagleeye_with_a_latency_target(tmp_path, monkeypatch):
+    cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
+                               train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
+    dense = _resnet20()
+    save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
+                     "model": dense.state_dict(), "classes": [f"class{k}" for k in range(10)]},
+                    tmp_path / "dense.pt")
+    t = Counting()
+    monkeypatch.setattr(lat, "make_timer", lambda *a, **k: t)
+    opts = EagleEyeOptions(candidates=3, abn_batches=1, holdout=64, latency=0.5,
+                           tolerance=0.03, baselines=("uniform",))
+    s = run_eagleeye(cfg, tmp_path / "dense.pt", opts)
+    run = cfg.run_dir
+    table = LatencyModel.from_json(json.loads((run / "latency_table.json").read_text()))
+    lines = read_candidates(run / "candidates.jsonl")
+    assert all(abs(r["latency_ratio"] - 0.5) <= 0.03 for r in lines)
+    settings = json.loads((run / "search.json").read_text())["settings"]
+    assert settings["latency"]["table"] == table.digest()
+    assert settings["round_to"] == table.step_of()
+    assert s["structured"]["latency_ratio"] == max(
+        lines, key=lambda r: (r["abn_score"], -r["index"]))["latency_ratio"]
+    uni = s["baselines"]["uniform"]["structured"]
+    assert uni["strategy"] == "uniform_l1"
+    # resume: the saved table is used, nothing is timed again
+    monkeypatch.setattr(lat, "make_timer", lambda *a, **k: pytest.fail("timed again"))
+    monkeypatch.setattr(LatencyModel, "measure", lambda *a, **k: pytest.fail("measured again"))
+    again = run_eagleeye(cfg, tmp_path / "dense.pt", opts, resume=True)
+    assert again["structured"] == s["structured"]
+    (run / "latency_table.json").write_text("{")
+    with pytest.raises(UserError, match="corrupt"):
+        run_eagleeye(cfg, tmp_path / "dense.pt", opts, resume=True)
