@@ -10,19 +10,9 @@ from pathlib import Path
 
 import torch
 
-from sparsetrain.utils import environment, git_commit
+from sparsetrain.utils import cpu_name, environment, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def header(title: str) -> str:

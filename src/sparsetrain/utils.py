@@ -10,6 +10,17 @@ import numpy
 import torch
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device | None = None) -> dict[str, str]:
     from sparsetrain import __version__
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from sparsetrain.errors import UserError
 from sparsetrain.evaluate.cost import time_forward
 from sparsetrain.structured.groups import ChannelGroup
 from sparsetrain.structured.macs import RoundTo, kept_counts, layer_columns, round_steps
+from sparsetrain.utils import cpu_name
 
 __all__ = ["GRID", "STEP_SHARE", "STEP_SLACK", "LatencyModel", "device_key", "measure_steps"]
 
@@ -62,17 +62,7 @@ Timer = Callable[[dict[str, Any], int, int], float]
 def device_key(device: torch.device, precision: str, batch: int) -> dict[str, Any]:
     """What a latency measurement depends on besides the layer: the processor, torch, threads,
     precision, batch size and memory format."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"device": f"{device.type}:{name}", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "precision": precision, "batch": int(batch),
             "memory_format": "channels_last"}
