@@ -261,6 +261,8 @@ CASES: list[tuple[str, list[str], str, Prep | None]] = [
     ("eagleeye-latency-nan", [*EE, "--latency", "nan", "name=e"], "finite", None),
     ("eagleeye-latency-fixed-step", [*EE, "--latency", "0.5", "--round-to", "8", "name=e"],
      "--round-to auto", None),
+    ("eagleeye-latency-prefilter", [*EE, "--latency", "0.5", "--latency-prefilter", "0.001",
+                                    "name=e"], "--latency-prefilter", None),
     ("eagleeye-latency-batch", [*EE, "--latency", "0.5", "--latency-batch", "0", "name=e"],
      "must be >= 1", None),
     ("eagleeye-baseline", [*EE, "--baselines", "l2", "name=e"], "unknown EagleEye baseline",

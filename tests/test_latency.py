@@ -186,7 +186,7 @@ def test_eagleeye_with_a_latency_target(tmp_path, monkeypatch):
     t = Counting()
     monkeypatch.setattr(lat, "make_timer", lambda *a, **k: t)
     opts = EagleEyeOptions(candidates=3, abn_batches=1, holdout=64, latency=0.5,
-                           tolerance=0.03, baselines=("uniform",))
+                           tolerance=0.03, baselines=("uniform",), latency_check=False)
     s = run_eagleeye(cfg, tmp_path / "dense.pt", opts)
     run = cfg.run_dir
     table = LatencyModel.from_json(json.loads((run / "latency_table.json").read_text()))
@@ -207,3 +207,87 @@ def test_eagleeye_with_a_latency_target(tmp_path, monkeypatch):
     (run / "latency_table.json").write_text("{")
     with pytest.raises(UserError, match="corrupt"):
         run_eagleeye(cfg, tmp_path / "dense.pt", opts, resume=True)
+
+
+def test_sampler_keeps_only_strategies_measured_in_the_band():
+    """verify: proposals the table puts within the prefilter are measured in draw order; the
+    first measured inside the tolerance is the candidate, with both numbers recorded."""
+    dense = _resnet20()
+    groups = prunable_groups(dense)
+    lm = LatencyModel.measure(dense, groups, batch=8, timer=block_ms, dense_ms=hand_ms(dense))
+    mm = MacsModel.build(dense, groups, lm.step_of())
+    seen = []
+
+    def clock(ratios):  # the "device" is 12% slower than the table says, plus a bump
+        pred = float(lm.ratio_of_ratios(mm.as_tensor(ratios))[0])
+        seen.append(pred)
+        return pred + 0.12 + 0.01 * (len(seen) % 3)
+
+    sp = StrategySampler(mm, 0.0, 0.7, 0.5, 0.02, seed=4, cost=lm, verify=clock, prefilter=0.2)
+    for i in range(3):
+        n0 = len(seen)
+        s = sp.sample(i)
+        assert abs(s.latency_ratio - 0.5) <= 0.02
+        assert s.latency_ratio == pytest.approx(s.latency_pred + 0.12 + 0.01 * (len(seen) % 3))
+        assert all(abs(p - 0.5) <= 0.2 for p in seen[n0:])  # only pre-selected ones are timed
+        assert all(abs(p + 0.12 + 0.01 * ((n0 + k + 1) % 3) - 0.5) > 0.02
+                   for k, p in enumerate(seen[n0:-1]))  # the ones before it were rejected
+    assert sp.measured == len(seen)
+    never = StrategySampler(mm, 0.0, 0.7, 0.5, 0.02, seed=4, cost=lm, verify=lambda r: 0.9,
+                            prefilter=0.2, max_measured=5)
+    with pytest.raises(UserError, match="5 strategies measured"):
+        never.sample(0)
+    with pytest.raises(UserError, match="prefilter"):
+        StrategySampler(mm, cost=lm, verify=clock, tolerance=0.05, prefilter=0.01)
+
+
+def test_measured_latency_leaves_the_dense_model_alone():
+    dense = _resnet20()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    groups = prunable_groups(dense)
+    m = lat.MeasuredLatency(dense, groups, 8, batch=2, precision="fp32", repeats=1)
+    r = m(dict.fromkeys((g.name for g in groups), 0.5))
+    assert math.isfinite(r) and r > 0
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+
+
+def test_eagleeye_latency_check_records_measurements_and_resumes_without_timing(
+        tmp_path, monkeypatch):
+    cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
+                               train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
+    save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
+                     "model": _resnet20().state_dict(),
+                     "classes": [f"class{k}" for k in range(10)]}, tmp_path / "dense.pt")
+    monkeypatch.setattr(lat, "make_timer", lambda *a, **k: block_ms)
+    calls = []
+
+    def clock(self, ratios):  # 5% slower than a table that knows only the blocks
+        calls.append(ratios)
+        return float(tables[0].ratio_of_ratios(torch.tensor(
+            [[ratios[n] for n in tables[0].names]], dtype=torch.float64))[0]) + 0.05
+
+    tables = []
+    real_measure = LatencyModel.measure
+
+    def measure(*a, **k):
+        tables.append(real_measure(*a, **k))
+        return tables[0]
+
+    monkeypatch.setattr(LatencyModel, "measure", measure)
+    monkeypatch.setattr(lat.MeasuredLatency, "__call__", clock)
+    opts = EagleEyeOptions(candidates=2, abn_batches=1, holdout=64, latency=0.5,
+                           tolerance=0.03, latency_prefilter=0.2, finetune=False)
+    run_eagleeye(cfg, tmp_path / "dense.pt", opts)
+    lines = read_candidates(cfg.run_dir / "candidates.jsonl")
+    assert len(lines) == 2 and calls
+    for r in lines:
+        assert abs(r["latency_ratio"] - 0.5) <= 0.03
+        assert r["latency_ratio"] == pytest.approx(r["latency_pred"] + 0.05)
+    settings = json.loads((cfg.run_dir / "search.json").read_text())["settings"]
+    assert settings["latency"]["measured"] is True and settings["latency"]["prefilter"] == 0.2
+    n = len(calls)
+    more = EagleEyeOptions(**{**opts.__dict__, "candidates": 3})
+    run_eagleeye(cfg, tmp_path / "dense.pt", more, resume=True)
+    assert read_candidates(cfg.run_dir / "candidates.jsonl")[:2] == lines  # kept, not re-timed
+    assert len(calls) > n  # the new candidate was measured, the recorded ones were not
+    assert not any(c == r["ratios"] for c in calls[n:] for r in lines)

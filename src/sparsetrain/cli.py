@@ -172,6 +172,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise UserError(f"--tolerance must be a fraction in (0, 1), got {args.tolerance}")
     if args.latency is not None and not 0 < args.latency < 1:
         raise UserError(f"--latency must be a fraction in (0, 1), got {args.latency}")
+    if not args.tolerance <= args.latency_prefilter < 1:
+        raise UserError(f"--latency-prefilter must be in [--tolerance, 1), got "
+                        f"{args.latency_prefilter}")
     cfg = load_config(resolve_recipe(args.config), args.overrides)
     names = [b.strip() for b in args.baselines.split(",") if b.strip()]
     baselines = () if args.no_baselines or names == ["none"] else tuple(names)
@@ -181,7 +184,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                            importance=args.importance,
                            round_to=args.round_to, latency=args.latency,
                            latency_batch=args.latency_batch,
-                           latency_precision=args.latency_precision, baselines=baselines,
+                           latency_precision=args.latency_precision,
+                           latency_check=not args.no_latency_check,
+                           latency_prefilter=args.latency_prefilter, baselines=baselines,
                            finetune=not args.no_finetune, winner=not args.no_winner,
                            correlate=args.correlate, vanilla=args.vanilla_score,
                            workers=args.workers)
@@ -441,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="batch size the latency table is measured at (default 64)")
     ee.add_argument("--latency-precision", choices=["fp32", "bf16"],
                     help="precision of the latency table (default: the recipe's)")
+    ee.add_argument("--latency-prefilter", type=_finite, default=0.15, metavar="W",
+                    help="strategies the table predicts within --latency +- W are timed "
+                         "against the dense model; the first measured within --tolerance is "
+                         "the candidate (default 0.15)")
+    ee.add_argument("--no-latency-check", action="store_true",
+                    help="trust the table's prediction: no timing during the search "
+                         "(deterministic, but the table can be off on some CPUs)")
     ee.add_argument("--correlate", type=_count(0), default=0, metavar="K",
                     help="fine-tune K candidates briefly and correlate scores with accuracy")
     ee.add_argument("--workers", type=_count(1), metavar="N",

@@ -68,6 +68,11 @@ class EagleEyeOptions:
     latency: float | None = None
     latency_batch: int = 64
     latency_precision: str | None = None
+    # time every candidate against the dense model and keep it only when the measured ratio
+    # is in the band (the table's prediction pre-selects within +-latency_prefilter); False:
+    # trust the table (deterministic, no timing during the search)
+    latency_check: bool = True
+    latency_prefilter: float = 0.15
     # baselines fine-tuned like the winner: "uniform" (uniform L1 at the same MACs) and
     # "random" (the best random strategy by vanilla score, no adaptive BN)
     baselines: tuple[str, ...] = ("uniform", "random")
@@ -192,7 +197,8 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
                           abn_batches=o.abn_batches, seed=cfg.seed, importance=o.importance,
                           round_to=steps, progress=cfg.train.progress, precision=precision,
                           vanilla=o.needs_vanilla(), workers=o.workers,
-                          latency=table if o.latency is not None else None)
+                          latency=table if o.latency is not None else None,
+                          verify_latency=o.latency_check, latency_prefilter=o.latency_prefilter)
     info = _search_info(res)
     if o.correlate:
         short = cfg.model_copy(update={"train": cfg.train.model_copy(update={
@@ -234,7 +240,8 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
     if o.winner:
         b = res.best
         extra = {"strategy": "eagleeye", "candidate": b["index"], "abn_score": b["abn_score"]}
-        extra.update({k: b[k] for k in ("vanilla_score", "latency_ratio") if k in b})
+        extra.update({k: b[k] for k in ("vanilla_score", "latency_ratio", "latency_pred")
+                      if k in b})
         summary = tune(b["ratios"], None, extra)
     baselines = {}
     if "uniform" in o.baselines:

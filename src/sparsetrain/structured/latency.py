@@ -29,9 +29,11 @@ folder, and a resumed search uses that copy, never a new measurement.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,15 @@ from sparsetrain.structured.groups import ChannelGroup
 from sparsetrain.structured.macs import RoundTo, kept_counts, layer_columns, round_steps
 from sparsetrain.utils import cpu_name
 
-__all__ = ["GRID", "STEP_SHARE", "STEP_SLACK", "LatencyModel", "device_key", "measure_steps"]
+__all__ = [
+    "GRID",
+    "STEP_SHARE",
+    "STEP_SLACK",
+    "LatencyModel",
+    "MeasuredLatency",
+    "device_key",
+    "measure_steps",
+]
 
 GRID = 16  # counts per table axis when every count is possible (interpolated in between)
 STEP_SLACK = 0.05  # rounding up to a step may cost this much more time ...
@@ -311,6 +321,38 @@ class LatencyModel:
         lm = cls(names, channels, steps, units, dense_ms, 0.0, key)
         rest = max(0.0, dense_ms - lm.dense_pred)
         return cls(names, channels, steps, units, dense_ms, rest, key)
+
+
+class MeasuredLatency:
+    """The real latency ratio of a strategy on this device: the dense model pruned (channel
+    counts only matter, so L1 importance), timed at ``batch`` in ``precision`` interleaved with
+    the dense model (``repeats`` pairs after one warm-up pair), ratio of the medians. Timing
+    both side by side keeps the ratio right when the machine's speed drifts (shared VMs)."""
+
+    def __init__(self, dense: nn.Module, groups: Sequence[ChannelGroup], round_to: RoundTo,
+                 batch: int, precision: str, repeats: int = 5) -> None:
+        self.dense, self.groups, self.round_to = dense, groups, round_to
+        self.precision, self.repeats = precision, int(repeats)
+        p = next(dense.parameters())
+        self.device = p.device
+        self.x = torch.randn(batch, *getattr(dense, "input_size", (3, 32, 32)),
+                             device=p.device).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def __call__(self, ratios: Mapping[str, float]) -> float:
+        from sparsetrain.structured.groups import prune_model
+
+        pruned = prune_model(self.dense, ratios, "l1", self.round_to, groups=self.groups)
+        pruned = pruned.to(memory_format=torch.channels_last).eval()
+        dense = copy.deepcopy(self.dense).to(memory_format=torch.channels_last).eval()
+        t_dense, t_pruned = [], []
+        for i in range(1 + self.repeats):
+            td = time_forward(dense, self.x, self.device, self.precision, 0, 1)
+            tp = time_forward(pruned, self.x, self.device, self.precision, 0, 1)
+            if i:
+                t_dense.append(td)
+                t_pruned.append(tp)
+        return statistics.median(t_pruned) / statistics.median(t_dense)
 
 
 def _bar(total: int, progress: bool) -> Any:

@@ -4,7 +4,12 @@ A strategy is one ratio per channel group, ``r_g ~ U[r_min, r_max]`` i.i.d.; it 
 its MACs ratio (pruned / dense, by the exact analytic :class:`MacsModel`) lies within
 ``target ± tolerance`` (DESIGN.md §3.6 step 2: plain rejection sampling). With a ``cost``
 model (:class:`sparsetrain.structured.latency.LatencyModel`) the band constrains its ratio
-instead, the predicted latency; the MACs are still recorded.
+instead, the predicted latency; the MACs are still recorded. With ``verify`` as well (a
+callable that measures a strategy's real latency ratio on this device), the prediction only
+pre-selects proposals within ``target ± prefilter``; each of those is measured, in draw order,
+and the first measured inside ``target ± tolerance`` is the candidate. Measurements are noisy,
+so such a candidate depends on the clock, not on ``(seed, index)`` alone; a search keeps the
+ones it recorded.
 
 Determinism and resumability: candidate ``i`` is drawn from a generator seeded by
 ``(seed, i)`` alone, so candidate ``i`` is the same whether the search ran uninterrupted or was
@@ -15,6 +20,7 @@ drawing them one by one, with one vectorized MACs evaluation per block.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +48,8 @@ class Strategy:
     macs: int
     macs_ratio: float
     tries: int
-    latency_ratio: float | None = None  # predicted, when the band constrains latency
+    latency_ratio: float | None = None  # when the band constrains latency: measured if
+    latency_pred: float | None = None  # verified, else the table's prediction (also here)
 
 
 class StrategySampler:
@@ -64,6 +71,9 @@ class StrategySampler:
         block: int = 256,
         max_tries: int = 2_000_000,
         cost: Any = None,
+        verify: Callable[[Mapping[str, float]], float] | None = None,
+        prefilter: float = 0.15,
+        max_measured: int = 200,
     ) -> None:
         if not 0.0 <= r_min <= r_max < 1.0:
             raise UserError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
@@ -76,6 +86,11 @@ class StrategySampler:
                                  or cost.round_to != macs_model.round_to):
             raise UserError("the cost model's groups or channel steps differ from the MACs "
                             "model's")
+        if verify is not None and (cost is None or not prefilter >= tolerance):
+            raise UserError("verifying measured latency needs a latency model and a prefilter "
+                            "band at least as wide as the tolerance")
+        self.verify, self.prefilter, self.max_measured = verify, float(prefilter), max_measured
+        self.measured = 0  # strategies timed by verify so far (max_measured per candidate)
         self.r_min, self.r_max = float(r_min), float(r_max)
         self.target, self.tolerance = float(target), float(tolerance)
         self.seed, self.block, self.max_tries = int(seed), int(block), int(max_tries)
@@ -85,7 +100,8 @@ class StrategySampler:
         judge = cost or macs_model
         lo_r = float(judge.ratio_of_ratios(torch.full((1, g), self.r_max, dtype=torch.float64)))
         hi_r = float(judge.ratio_of_ratios(torch.full((1, g), self.r_min, dtype=torch.float64)))
-        if lo_r > target + tolerance or hi_r < target - tolerance:
+        reach = self.prefilter if verify is not None else tolerance
+        if lo_r > target + reach or hi_r < target - reach:
             what = "FLOPs" if cost is None else "latency"
             raise UserError(f"{what} target {target}±{tolerance} is unreachable with ratios in "
                             f"[{r_min}, {r_max}] (reachable: {lo_r:.4f}..{hi_r:.4f})")
@@ -94,30 +110,42 @@ class StrategySampler:
     def acceptance_rate(self) -> float:
         return self.accepted / self.proposals if self.proposals else float("nan")
 
-    def in_band(self, ratio: torch.Tensor) -> torch.Tensor:
-        """Which cost ratios (float64 ``[B]``) lie inside the band."""
-        return (ratio - self.target).abs() <= self.tolerance
+    def in_band(self, ratio: torch.Tensor, width: float | None = None) -> torch.Tensor:
+        """Which cost ratios (float64 ``[B]``) lie inside the band (``target ± width``,
+        default the tolerance)."""
+        return (ratio - self.target).abs() <= (self.tolerance if width is None else width)
 
     def sample(self, index: int) -> Strategy:
         """Candidate ``index`` (deterministic for ``(seed, index)``)."""
         g = candidate_generator(self.seed, index)
         n_groups = len(self.model.names)
-        tries = 0
+        tries = timed = 0
         while tries < self.max_tries:
             u = torch.rand(self.block, n_groups, generator=g, dtype=torch.float64)
             ratios = self.r_min + (self.r_max - self.r_min) * u
             judged = (self.cost or self.model).ratio_of_ratios(ratios)
-            ok = torch.nonzero(self.in_band(judged)).flatten()
-            if len(ok):
-                j = int(ok[0])
+            width = self.prefilter if self.verify is not None else None
+            for j in torch.nonzero(self.in_band(judged, width)).flatten().tolist():
+                row = dict(zip(self.model.names, ratios[j].tolist(), strict=True))
+                pred = None if self.cost is None else float(judged[j])
+                lat = pred
+                if self.verify is not None:
+                    if timed >= self.max_measured:
+                        raise UserError(
+                            f"candidate {index}: {timed} strategies measured, none within "
+                            f"{self.target}±{self.tolerance} of the dense latency: the table "
+                            "predicts poorly on this device; widen --tolerance or "
+                            "--latency-prefilter")
+                    self.measured += 1
+                    timed += 1
+                    lat = float(self.verify(row))
+                    if abs(lat - self.target) > self.tolerance:
+                        continue
                 tries += j + 1
                 self.proposals += tries
                 self.accepted += 1
-                row = ratios[j].tolist()
                 m = int(self.model.macs_of_ratios(ratios[j:j + 1])[0])
-                lat = None if self.cost is None else float(judged[j])
-                return Strategy(index, dict(zip(self.model.names, row, strict=True)), m,
-                                m / self.model.dense_macs, tries, lat)
+                return Strategy(index, row, m, m / self.model.dense_macs, tries, lat, pred)
             tries += self.block
         self.proposals += tries
         what = "MACs" if self.cost is None else "latency"

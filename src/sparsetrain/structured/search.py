@@ -55,7 +55,7 @@ from sparsetrain.errors import UserError
 from sparsetrain.precision import autocast
 from sparsetrain.structured.adaptive_bn import adaptive_bn
 from sparsetrain.structured.groups import ChannelGroup, prunable_groups, prune_model
-from sparsetrain.structured.latency import LatencyModel
+from sparsetrain.structured.latency import LatencyModel, MeasuredLatency
 from sparsetrain.structured.macs import MacsModel, RoundTo
 from sparsetrain.structured.sampler import Strategy, StrategySampler, candidate_generator
 
@@ -225,6 +225,8 @@ def eagleeye_search(
     vanilla: bool = False,
     workers: int | None = None,
     latency: LatencyModel | None = None,
+    verify_latency: bool = True,
+    latency_prefilter: float = 0.15,
 ) -> SearchResult:
     """Run (or continue) the search until ``out_dir/candidates.jsonl`` holds ``candidates``
     lines; ``train_batches`` feed adaptive BN, ``holdout`` (test-time transforms, part of the
@@ -233,7 +235,9 @@ def eagleeye_search(
     adaptive BN; ``workers`` processes score candidates (default :func:`default_workers`).
     With ``latency`` (a measured :class:`LatencyModel`) the band ``flops_target ± tolerance``
     constrains the predicted latency ratio instead of the MACs ratio, and channel counts are
-    snapped to the table's steps (``round_to`` must be None or those steps)."""
+    snapped to the table's steps (``round_to`` must be None or those steps); with
+    ``verify_latency`` the prediction pre-selects strategies within ``latency_prefilter`` and
+    each candidate's latency is measured (:class:`MeasuredLatency`) into the band."""
     if candidates < 1:
         raise UserError(f"need at least one candidate, got {candidates}")
     device = next(dense_model.parameters()).device
@@ -249,7 +253,8 @@ def eagleeye_search(
                        candidates=candidates, r_min=r_min, r_max=r_max, tolerance=tolerance,
                        abn_batches=abn_batches, seed=seed, importance=importance,
                        round_to=round_to, precision=precision, progress=progress,
-                       vanilla=vanilla, workers=n_workers, latency=latency)
+                       vanilla=vanilla, workers=n_workers, latency=latency,
+                       verify_latency=verify_latency, latency_prefilter=latency_prefilter)
     finally:
         dense_model.train(was_training)
 
@@ -259,6 +264,7 @@ def _search(
     *, flops_target: float, candidates: int, r_min: float, r_max: float, tolerance: float,
     abn_batches: int, seed: int, importance: str, round_to: RoundTo, precision: str,
     progress: bool, vanilla: bool, workers: int, latency: LatencyModel | None,
+    verify_latency: bool, latency_prefilter: float,
 ) -> SearchResult:
     groups = prunable_groups(dense_model)
     if latency is not None:
@@ -267,14 +273,20 @@ def _search(
                             "do not pass round_to as well")
         round_to = latency.step_of() or None
     macs_model = MacsModel.build(dense_model, groups, round_to)
+    verify = None
+    if latency is not None and verify_latency:
+        verify = MeasuredLatency(dense_model, groups, round_to, int(latency.key["batch"]),
+                                 str(latency.key["precision"]))
     sampler = StrategySampler(macs_model, r_min, r_max, flops_target, tolerance, seed,
-                              cost=latency)
+                              cost=latency, verify=verify, prefilter=latency_prefilter)
     settings = _settings(dense_model, groups, flops_target=flops_target, r_min=r_min,
                          r_max=r_max, tolerance=tolerance, abn_batches=abn_batches, seed=seed,
                          importance=importance, round_to=round_to, precision=precision,
                          holdout=_fingerprint(holdout))
-    if latency is not None:  # the band is on this table's predictions
-        settings["latency"] = {"table": latency.digest(), **latency.key}
+    if latency is not None:  # the band is on this table's predictions (or measurements)
+        settings["latency"] = {"table": latency.digest(), **latency.key,
+                               "measured": verify is not None,
+                               "prefilter": latency_prefilter if verify is not None else None}
     _check_settings(out / "search.json", settings)
     if not (out / "search.json").is_file():
         write_json({"settings": settings}, out / "search.json")
@@ -289,7 +301,10 @@ def _search(
     n_old = _add_vanilla(path, done, sampler, scorer, workers, progress) if vanilla else 0
     bar = tqdm(total=candidates, initial=len(done), unit="cand", disable=not progress,
                desc="eagleeye", dynamic_ncols=True)
-    tasks = [(sampler.sample(i), vanilla, True) for i in range(len(done), candidates)]
+    todo = range(len(done), candidates)
+    if verify is not None:  # timing strategies until they land in the band: show it
+        todo = tqdm(todo, unit="cand", disable=not progress, desc="latency-checked strategies")
+    tasks = [(sampler.sample(i), vanilla, True) for i in todo]
     t_start = time.perf_counter()
     with path.open("a") as f:
         for n_new, rec in enumerate(_scored(scorer, tasks, workers), 1):
@@ -323,6 +338,12 @@ def _resumable(path: Path, sampler: StrategySampler, candidates: int) -> list[di
         atomic_write_bytes(path, lambda f: f.write(data))
     done = done[:candidates]
     for rec in done:
+        if sampler.verify is not None:  # measured: the clock chose it; check what can be
+            if sampler.model.macs(rec["ratios"]) != rec["macs"] or not sampler.in_band(
+                    torch.tensor([float(rec.get("latency_ratio", "nan"))])).all():
+                raise UserError(f"{path}: candidate {rec['index']} is not a strategy of these "
+                                "settings; use another output directory")
+            continue
         s = sampler.sample(rec["index"])
         if s.ratios != rec["ratios"] or s.macs != rec["macs"]:
             raise UserError(f"{path}: candidate {rec['index']} is not the strategy these "
@@ -354,7 +375,7 @@ def _add_vanilla(
 def _strategy(rec: dict[str, Any], sampler: StrategySampler) -> Strategy:
     m = int(rec["macs"])
     return Strategy(int(rec["index"]), rec["ratios"], m, m / sampler.model.dense_macs,
-                    int(rec["tries"]), rec.get("latency_ratio"))
+                    int(rec["tries"]), rec.get("latency_ratio"), rec.get("latency_pred"))
 
 
 @dataclass
@@ -399,8 +420,9 @@ class _Scorer:
                 "index": s.index, "ratios": s.ratios, "macs": s.macs,
                 "params": sum(p.numel() for p in pruned.parameters()),
                 "macs_ratio": s.macs_ratio, "tries": s.tries}
-            if s.latency_ratio is not None:  # the table's prediction, dense = 1
+            if s.latency_ratio is not None:  # dense = 1: measured, else predicted
                 rec["latency_ratio"] = s.latency_ratio
+                rec["latency_pred"] = s.latency_pred
             if vanilla:
                 rec["vanilla_score"] = top1(pruned, self.holdout)
             if abn:
