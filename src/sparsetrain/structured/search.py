@@ -339,8 +339,9 @@ def _resumable(path: Path, sampler: StrategySampler, candidates: int) -> list[di
     done = done[:candidates]
     for rec in done:
         if sampler.verify is not None:  # measured: the clock chose it; check what can be
+            measured = torch.tensor([float(rec.get("latency_ratio", "nan"))], dtype=torch.float64)
             if sampler.model.macs(rec["ratios"]) != rec["macs"] or not sampler.in_band(
-                    torch.tensor([float(rec.get("latency_ratio", "nan"))])).all():
+                    measured).all():
                 raise UserError(f"{path}: candidate {rec['index']} is not a strategy of these "
                                 "settings; use another output directory")
             continue
