@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8, help="timing pairs, fp32")
     ap.add_argument("--bf16-repeats", type=int, default=3, help="timing pairs, bf16")
     ap.add_argument("--prefilter", type=float, default=0.15)
+    ap.add_argument("--calibrate", type=int, default=8, help="whole models timed to fit the "
+                                                                "table (0: none)")
     ap.add_argument("--cache", help="latency cache folder (default: a fresh temporary one, so "
                                     "the measuring time is reported)")
     ap.add_argument("--markdown", action="store_true")
@@ -81,6 +83,10 @@ def main() -> None:
     t_table = time.perf_counter() - t0
     steps = table.step_of()
     check = MeasuredLatency(dense, groups, steps, a.batch, a.search_precision)
+    t0 = time.perf_counter()
+    if a.calibrate:
+        table = table.calibrate(check, n=a.calibrate)
+    t_cal = time.perf_counter() - t0
     samplers = {
         "macs": StrategySampler(MacsModel.build(dense, groups), 0.0, 0.7, a.target, 0.005),
         "macs_r8": StrategySampler(MacsModel.build(dense, groups, 8), 0.0, 0.7, a.target,
@@ -118,6 +124,12 @@ def main() -> None:
                  f"{t_table:.0f} s (empty cache); dense measured {table.dense_ms:.1f} ms, "
                  f"units sum {table.dense_ms - table.rest_ms:.1f} ms, rest "
                  f"{table.rest_ms:.1f} ms")
+    if table.calibration:
+        c = table.calibration
+        lines.append(f"- calibration ({a.calibrate} whole pruned models, {t_cal:.0f} s): "
+                     f"measured = {c['a']:.3f} x table + {c['b']:.3f}, rms residual "
+                     f"{c['rms']:.3f}; points (table, measured): "
+                     + ", ".join(f"({u:.2f}, {v:.2f})" for u, v in c["points"]))
     lines.append(f"- measured steps per group: {dict(sorted(steps.items()))} (groups not "
                  f"listed: step 1)")
     lines.append(f"- sampling time for {a.n} strategies: " + ", ".join(

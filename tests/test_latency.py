@@ -138,6 +138,30 @@ def test_table_roundtrips_and_bad_tables_are_one_line_errors():
             LatencyModel.from_json(bad, "t.json")
 
 
+def test_calibration_fits_whole_model_measurements():
+    dense = _resnet20()
+    lm = LatencyModel.measure(dense, prunable_groups(dense), batch=8, timer=block_ms,
+                              dense_ms=hand_ms(dense))
+    mm = MacsModel.build(dense, prunable_groups(dense), lm.step_of())
+    timed = []
+
+    def device(ratios):  # layers save less inside the network than alone: 0.7x + 0.25
+        timed.append(ratios)
+        return 0.7 * float(lm.table_ratio(mm.as_tensor(ratios))[0]) + 0.25
+
+    cal = lm.calibrate(device, n=6, seed=1)
+    assert len(timed) == 6 and len({tuple(r.values()) for r in timed}) == 6
+    c = cal.calibration
+    assert c["a"] == pytest.approx(0.7) and c["b"] == pytest.approx(0.25)
+    assert c["rms"] == pytest.approx(0.0, abs=1e-12) and len(c["points"]) == 6
+    r = torch.rand(5, len(lm.names), generator=torch.Generator().manual_seed(2)).double() * 0.7
+    assert torch.allclose(cal.ratio_of_ratios(r), 0.7 * lm.ratio_of_ratios(r) + 0.25)
+    assert torch.equal(cal.table_ratio(r), lm.table_ratio(r))
+    back = LatencyModel.from_json(json.loads(json.dumps(cal.to_json())))
+    assert torch.equal(back.ratio_of_ratios(r), cal.ratio_of_ratios(r))
+    assert back.digest() == cal.digest() != lm.digest()
+
+
 def test_bilinear_is_exact_on_the_grid_and_linear_between():
     gx = torch.tensor([1.0, 4.0, 8.0], dtype=torch.float64)
     gy = torch.tensor([2.0, 6.0], dtype=torch.float64)
@@ -185,8 +209,10 @@ def test_eagleeye_with_a_latency_target(tmp_path, monkeypatch):
                     tmp_path / "dense.pt")
     t = Counting()
     monkeypatch.setattr(lat, "make_timer", lambda *a, **k: t)
+    monkeypatch.setattr(lat, "time_forward", lambda *a, **k: 0.0)  # dense: no rest, no clock
     opts = EagleEyeOptions(candidates=3, abn_batches=1, holdout=64, latency=0.5,
-                           tolerance=0.03, baselines=("uniform",), latency_check=False)
+                           tolerance=0.03, baselines=("uniform",), latency_check=False,
+                           latency_calibrate=0)
     s = run_eagleeye(cfg, tmp_path / "dense.pt", opts)
     run = cfg.run_dir
     table = LatencyModel.from_json(json.loads((run / "latency_table.json").read_text()))
@@ -259,6 +285,7 @@ def test_eagleeye_latency_check_records_measurements_and_resumes_without_timing(
                      "model": _resnet20().state_dict(),
                      "classes": [f"class{k}" for k in range(10)]}, tmp_path / "dense.pt")
     monkeypatch.setattr(lat, "make_timer", lambda *a, **k: block_ms)
+    monkeypatch.setattr(lat, "time_forward", lambda *a, **k: 0.0)  # dense: no rest, no clock
     calls = []
 
     def clock(self, ratios):  # 5% slower than a table that knows only the blocks
@@ -276,7 +303,8 @@ def test_eagleeye_latency_check_records_measurements_and_resumes_without_timing(
     monkeypatch.setattr(LatencyModel, "measure", measure)
     monkeypatch.setattr(lat.MeasuredLatency, "__call__", clock)
     opts = EagleEyeOptions(candidates=2, abn_batches=1, holdout=64, latency=0.5,
-                           tolerance=0.03, latency_prefilter=0.2, finetune=False)
+                           tolerance=0.03, latency_prefilter=0.2, finetune=False,
+                           latency_calibrate=0)
     run_eagleeye(cfg, tmp_path / "dense.pt", opts)
     lines = read_candidates(cfg.run_dir / "candidates.jsonl")
     assert len(lines) == 2 and calls

@@ -186,7 +186,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                            latency_batch=args.latency_batch,
                            latency_precision=args.latency_precision,
                            latency_check=not args.no_latency_check,
-                           latency_prefilter=args.latency_prefilter, baselines=baselines,
+                           latency_prefilter=args.latency_prefilter,
+                           latency_calibrate=args.latency_calibrate, baselines=baselines,
                            finetune=not args.no_finetune, winner=not args.no_winner,
                            correlate=args.correlate, vanilla=args.vanilla_score,
                            workers=args.workers)
@@ -450,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="strategies the table predicts within --latency +- W are timed "
                          "against the dense model; the first measured within --tolerance is "
                          "the candidate (default 0.15)")
+    ee.add_argument("--latency-calibrate", type=_count(0), default=8, metavar="N",
+                    help="time N whole pruned models to fit the table's predictions to this "
+                         "device (default 8; 0: the per-layer table as measured)")
     ee.add_argument("--no-latency-check", action="store_true",
                     help="trust the table's prediction: no timing during the search "
                          "(deterministic, but the table can be off on some CPUs)")

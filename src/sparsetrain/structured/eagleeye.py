@@ -32,7 +32,7 @@ from sparsetrain.rundir import RunDir
 from sparsetrain.structured.correlate import correlation_study
 from sparsetrain.structured.finetune import finetune_pruned
 from sparsetrain.structured.groups import accumulate_gradients, prunable_groups, prune_model
-from sparsetrain.structured.latency import LatencyModel
+from sparsetrain.structured.latency import LatencyModel, MeasuredLatency
 from sparsetrain.structured.macs import MacsModel, macs_params
 from sparsetrain.structured.sampler import uniform_strategy
 from sparsetrain.structured.search import (
@@ -73,6 +73,8 @@ class EagleEyeOptions:
     # trust the table (deterministic, no timing during the search)
     latency_check: bool = True
     latency_prefilter: float = 0.15
+    # whole pruned models timed to fit the table to this device (0: the table as measured)
+    latency_calibrate: int = 8
     # baselines fine-tuned like the winner: "uniform" (uniform L1 at the same MACs) and
     # "random" (the best random strategy by vanilla score, no adaptive BN)
     baselines: tuple[str, ...] = ("uniform", "random")
@@ -288,8 +290,13 @@ def _latency_table(dense: nn.Module, run_dir: Path, o: EagleEyeOptions, precisio
                             f"{table.key.get('batch')}; this search asks for {prec}, batch "
                             f"{o.latency_batch}: use another run name")
         return table
-    table = LatencyModel.measure(dense, prunable_groups(dense), batch=o.latency_batch,
-                                 precision=prec, progress=progress)
+    groups = prunable_groups(dense)
+    table = LatencyModel.measure(dense, groups, batch=o.latency_batch, precision=prec,
+                                 progress=progress)
+    if o.latency_calibrate:
+        table = table.calibrate(MeasuredLatency(dense, groups, table.step_of() or None,
+                                                o.latency_batch, prec), n=o.latency_calibrate,
+                                seed=0, r_max=o.r_max)
     write_json(table.to_json(), path)
     return table
 

@@ -213,8 +213,11 @@ class LatencyModel:
 
     def __init__(self, names: Sequence[str], channels: Sequence[int],
                  round_to: tuple[int, ...] | None, units: Sequence[_Unit], dense_ms: float,
-                 rest_ms: float, key: dict[str, Any]) -> None:
+                 rest_ms: float, key: dict[str, Any],
+                 calibration: Mapping[str, Any] | None = None) -> None:
         self.names = tuple(names)
+        # measured = a * table + b, fitted on whole pruned models (see :meth:`calibrate`)
+        self.calibration = None if calibration is None else dict(calibration)
         self.channels = torch.tensor(list(channels), dtype=torch.int64)
         self.round_to = round_to
         self.units = list(units)
@@ -238,9 +241,43 @@ class LatencyModel:
         return total
 
     def ratio_of_ratios(self, ratios: torch.Tensor) -> torch.Tensor:
-        """Predicted latency as a fraction of the dense model's prediction (float64 ``[B]``)."""
+        """Predicted latency as a fraction of the dense model's (float64 ``[B]``): the table's
+        sum over the dense model's sum, mapped through the calibration when there is one."""
+        raw = self.table_ratio(ratios)
+        if self.calibration is None:
+            return raw
+        return self.calibration["a"] * raw + self.calibration["b"]
+
+    def table_ratio(self, ratios: torch.Tensor) -> torch.Tensor:
+        """The uncalibrated ratio: the units' sum (plus the rest) over the dense model's."""
         kept = kept_counts(ratios, self.channels, self.round_to)
         return self.ms_of_kept(kept) / self.dense_pred
+
+    def calibrate(self, measure: Callable[[Mapping[str, float]], float], n: int = 8,
+                  seed: int = 0, r_max: float = 0.7) -> LatencyModel:
+        """A copy whose predictions are fitted to whole-model measurements: ``measure`` (e.g.
+        :class:`MeasuredLatency`) times ``n`` strategies, uniform ratios spread over
+        ``[0.1, r_max]`` and random ones (``seed``), and ``measured = a * table + b`` is fitted
+        by least squares. Isolated layers can time differently from the same layers inside the
+        network (oneDNN picks kernels and layouts per shape), which the fit absorbs on
+        average; the points are kept in the table for the record."""
+        g = torch.Generator().manual_seed(seed)
+        n_uniform = max(2, n // 2)
+        rows = [torch.full((len(self.names),), 0.1 + (r_max - 0.1) * k / (n_uniform - 1),
+                           dtype=torch.float64) for k in range(n_uniform)]
+        rows += [r_max * torch.rand(len(self.names), generator=g, dtype=torch.float64)
+                 for _ in range(n - n_uniform)]
+        x = self.table_ratio(torch.stack(rows)).tolist()
+        y = [float(measure(dict(zip(self.names, r.tolist(), strict=True)))) for r in rows]
+        mx, my = statistics.fmean(x), statistics.fmean(y)
+        sxx = sum((v - mx) ** 2 for v in x)
+        a = sum((u - mx) * (v - my) for u, v in zip(x, y, strict=True)) / sxx if sxx else 1.0
+        b = my - a * mx
+        resid = [v - (a * u + b) for u, v in zip(x, y, strict=True)]
+        cal = {"a": a, "b": b, "points": [[u, v] for u, v in zip(x, y, strict=True)],
+               "rms": (statistics.fmean(r * r for r in resid)) ** 0.5}
+        return LatencyModel(self.names, self.channels.tolist(), self.round_to, self.units,
+                            self.dense_ms, self.rest_ms, self.key, cal)
 
     def step_of(self) -> dict[str, int]:
         """The per-group steps as ``prune_model``'s ``round_to`` (groups with step 1 omitted)."""
@@ -253,15 +290,19 @@ class LatencyModel:
         return {"key": self.key, "names": list(self.names), "channels": self.channels.tolist(),
                 "round_to": None if self.round_to is None else list(self.round_to),
                 "dense_ms": self.dense_ms, "rest_ms": self.rest_ms,
-                "units": [u.__dict__ for u in self.units]}
+                "units": [u.__dict__ for u in self.units], "calibration": self.calibration}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "latency table") -> LatencyModel:
         try:
             units = [_Unit(**u) for u in data["units"]]
             rt = data["round_to"]
+            cal = data.get("calibration")
+            if cal is not None:
+                cal = {"a": float(cal["a"]), "b": float(cal["b"]),
+                       "points": cal.get("points", []), "rms": cal.get("rms")}
             return cls(data["names"], data["channels"], None if rt is None else tuple(rt),
-                       units, data["dense_ms"], data["rest_ms"], data["key"])
+                       units, data["dense_ms"], data["rest_ms"], data["key"], cal)
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{source} is not a latency table ({type(e).__name__}: {e})") from None
 
