@@ -12,10 +12,10 @@ fixed batch size and precision, so the search can constrain *that* instead (``pr
 * a unit's latency is a table over (kept input channels, kept output channels). With channel
   counts snapped to steps (``round_to``), the table holds every count the search can produce,
   measured; otherwise a grid of at most :data:`GRID` counts per axis, interpolated bilinearly;
-* ``round_to="auto"`` measures the step per channel group: the largest ``s`` in 1, 2, 4, ...
-  such that rounding a count up to a multiple of ``s`` costs at most :data:`STEP_SLACK` more
-  time for at least :data:`STEP_SHARE` of the counts (the block size of the kernel shows up as
-  plateaus: counts 9..16 cost what 16 costs);
+* ``round_to="auto"`` measures the step per channel group: its first layer is timed over
+  output counts, and the step ``s`` in 1, 2, 4, ... whose padded model
+  ``a + b * ceil(k / s) * s`` fits that curve best is the kernel's block size (counts 9..16
+  cost what 16 costs; :func:`measure_steps`);
 * the model's latency = the sum of its units + a constant rest (adds, pooling, the classifier's
   softmax-free head...), the measured dense model minus its units' sum (at least 0).
 
@@ -51,7 +51,6 @@ from sparsetrain.utils import cpu_name
 
 __all__ = [
     "GRID",
-    "STEP_SHARE",
     "STEP_SLACK",
     "LatencyModel",
     "MeasuredLatency",
@@ -60,8 +59,7 @@ __all__ = [
 ]
 
 GRID = 16  # counts per table axis when every count is possible (interpolated in between)
-STEP_SLACK = 0.05  # rounding up to a step may cost this much more time ...
-STEP_SHARE = 0.9  # ... for at least this share of the counts
+STEP_SLACK = 0.05  # a step whose fit is this close to the best one ties with it
 STEPS = (1, 2, 4, 8, 16, 32, 64)
 CURVE_COUNTS = 64  # counts timed per group to find its step (a window of this many)
 
@@ -164,23 +162,25 @@ def _window(channels: int) -> list[int]:
 
 
 def measure_steps(curve: Mapping[int, float], channels: int) -> int:
-    """The step of one group from its latency ``curve`` (count -> ms, see the module doc)."""
+    """The step of one group from its latency ``curve`` (count -> ms): the ``s`` whose padded
+    model ``t(k) = a + b * ceil(k / s) * s`` fits the curve best (least squares, judged by the
+    median absolute residual, which one noisy timing cannot move); a step within
+    :data:`STEP_SLACK` of the best fit counts as a tie, and ties go to the larger step (more
+    channels at the same time). A kernel that pads to blocks of 8 shows plateaus of 8."""
     counts = sorted(curve)
-    best = 1
-    for s in STEPS[1:]:
-        if s >= channels:
+    y = [curve[k] for k in counts]
+    fits: dict[int, float] = {}
+    for s in STEPS:
+        if s >= channels and s > 1:
             break
-        ok = 0
-        for k in counts:
-            up = min(channels, -(-k // s) * s)
-            t_up = curve.get(up)
-            if t_up is None:  # beyond the timed window: judge on the counts we have
-                ok += 1
-                continue
-            ok += t_up <= curve[k] * (1 + STEP_SLACK) + 1e-9
-        if ok >= STEP_SHARE * len(counts):
-            best = s
-    return best
+        x = [min(channels, -(-k // s) * s) for k in counts]
+        mx, my = statistics.fmean(x), statistics.fmean(y)
+        sxx = sum((v - mx) ** 2 for v in x)
+        slope = sum((u - mx) * (v - my) for u, v in zip(x, y, strict=True)) / sxx if sxx else 0.0
+        fits[s] = statistics.median(abs(v - my - slope * (u - mx))
+                                    for u, v in zip(x, y, strict=True))
+    best = min(fits.values())
+    return max(s for s, r in fits.items() if r <= best * (1 + STEP_SLACK) + 1e-12)
 
 
 def _axis(channels: int, step: int) -> list[int]:
