@@ -244,9 +244,12 @@ def test_sampler_keeps_only_strategies_measured_in_the_band():
     mm = MacsModel.build(dense, groups, lm.step_of())
     seen = []
 
+    centers = []
+
     def clock(ratios):  # the "device" is 12% slower than the table says, plus a bump
         pred = float(lm.ratio_of_ratios(mm.as_tensor(ratios))[0])
         seen.append(pred)
+        centers.append(sp.prefilter_center())
         return pred + 0.12 + 0.01 * (len(seen) % 3)
 
     sp = StrategySampler(mm, 0.0, 0.7, 0.5, 0.02, seed=4, cost=lm, verify=clock, prefilter=0.2)
@@ -255,14 +258,19 @@ def test_sampler_keeps_only_strategies_measured_in_the_band():
         s = sp.sample(i)
         assert abs(s.latency_ratio - 0.5) <= 0.02
         assert s.latency_ratio == pytest.approx(s.latency_pred + 0.12 + 0.01 * (len(seen) % 3))
-        assert all(abs(p - 0.5) <= 0.2 for p in seen[n0:])  # only pre-selected ones are timed
+        # only pre-selected ones are timed: near the target corrected by the errors seen so far
+        assert all(abs(p - c) <= 0.2 + 0.02 for p, c in zip(seen[n0:], centers[n0:],
+                                                             strict=True))
         assert all(abs(p + 0.12 + 0.01 * ((n0 + k + 1) % 3) - 0.5) > 0.02
                    for k, p in enumerate(seen[n0:-1]))  # the ones before it were rejected
+    assert centers[0] == 0.5 and 0.5 - 0.14 <= sp.prefilter_center() <= 0.5 - 0.12
     assert sp.measured == len(seen)
-    never = StrategySampler(mm, 0.0, 0.7, 0.5, 0.02, seed=4, cost=lm, verify=lambda r: 0.9,
-                            prefilter=0.2, max_measured=5)
-    with pytest.raises(UserError, match="5 strategies measured"):
-        never.sample(0)
+    flip = iter(range(100))
+    for clock in (lambda r: 0.5 + 0.1 * (-1) ** next(flip), lambda r: float("nan")):
+        never = StrategySampler(mm, 0.0, 0.7, 0.5, 0.02, seed=4, cost=lm, verify=clock,
+                                prefilter=0.2, max_measured=5)
+        with pytest.raises(UserError, match="5 strategies measured"):
+            never.sample(0)
     with pytest.raises(UserError, match="prefilter"):
         StrategySampler(mm, cost=lm, verify=clock, tolerance=0.05, prefilter=0.01)
 

@@ -6,8 +6,10 @@ its MACs ratio (pruned / dense, by the exact analytic :class:`MacsModel`) lies w
 model (:class:`sparsetrain.structured.latency.LatencyModel`) the band constrains its ratio
 instead, the predicted latency; the MACs are still recorded. With ``verify`` as well (a
 callable that measures a strategy's real latency ratio on this device), the prediction only
-pre-selects proposals within ``target ± prefilter``; each of those is measured, in draw order,
-and the first measured inside ``target ± tolerance`` is the candidate. Measurements are noisy,
+pre-selects proposals within ``prefilter`` of ``target - offset``, where ``offset`` is the
+median of (measured - predicted) over the strategies measured so far (0 before the first: the
+pre-selection follows what the device shows); each of those is measured, in draw order, and
+the first measured inside ``target ± tolerance`` is the candidate. Measurements are noisy,
 so such a candidate depends on the clock, not on ``(seed, index)`` alone; a search keeps the
 ones it recorded.
 
@@ -20,6 +22,8 @@ drawing them one by one, with one vectorized MACs evaluation per block.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +95,7 @@ class StrategySampler:
                             "band at least as wide as the tolerance")
         self.verify, self.prefilter, self.max_measured = verify, float(prefilter), max_measured
         self.measured = 0  # strategies timed by verify so far (max_measured per candidate)
+        self.offsets: list[float] = []  # measured - predicted, per timed strategy
         self.r_min, self.r_max = float(r_min), float(r_max)
         self.target, self.tolerance = float(target), float(tolerance)
         self.seed, self.block, self.max_tries = int(seed), int(block), int(max_tries)
@@ -110,10 +115,17 @@ class StrategySampler:
     def acceptance_rate(self) -> float:
         return self.accepted / self.proposals if self.proposals else float("nan")
 
-    def in_band(self, ratio: torch.Tensor, width: float | None = None) -> torch.Tensor:
-        """Which cost ratios (float64 ``[B]``) lie inside the band (``target ± width``,
-        default the tolerance)."""
-        return (ratio - self.target).abs() <= (self.tolerance if width is None else width)
+    def in_band(self, ratio: torch.Tensor, width: float | None = None,
+                center: float | None = None) -> torch.Tensor:
+        """Which cost ratios (float64 ``[B]``) lie inside the band (``center ± width``,
+        default ``target ± tolerance``)."""
+        c = self.target if center is None else center
+        return (ratio - c).abs() <= (self.tolerance if width is None else width)
+
+    def prefilter_center(self) -> float:
+        """Where the prediction pre-selects strategies to measure: the target corrected by the
+        median error of the predictions measured so far."""
+        return self.target - (statistics.median(self.offsets) if self.offsets else 0.0)
 
     def sample(self, index: int) -> Strategy:
         """Candidate ``index`` (deterministic for ``(seed, index)``)."""
@@ -124,8 +136,10 @@ class StrategySampler:
             u = torch.rand(self.block, n_groups, generator=g, dtype=torch.float64)
             ratios = self.r_min + (self.r_max - self.r_min) * u
             judged = (self.cost or self.model).ratio_of_ratios(ratios)
-            width = self.prefilter if self.verify is not None else None
-            for j in torch.nonzero(self.in_band(judged, width)).flatten().tolist():
+            width = center = None
+            if self.verify is not None:
+                width, center = self.prefilter, self.prefilter_center()
+            for j in torch.nonzero(self.in_band(judged, width, center)).flatten().tolist():
                 row = dict(zip(self.model.names, ratios[j].tolist(), strict=True))
                 pred = None if self.cost is None else float(judged[j])
                 lat = pred
@@ -139,7 +153,11 @@ class StrategySampler:
                     self.measured += 1
                     timed += 1
                     lat = float(self.verify(row))
-                    if abs(lat - self.target) > self.tolerance:
+                    if math.isfinite(lat):
+                        self.offsets.append(lat - float(judged[j]))
+                    if not abs(lat - self.target) <= self.tolerance:  # NaN is outside too
+                        if abs(self.prefilter_center() - center) > self.tolerance:
+                            break  # the center moved: draw a new block around it
                         continue
                 tries += j + 1
                 self.proposals += tries
