@@ -440,17 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep channel counts multiples of N; auto: a step per channel group "
                          "measured on this device (the default with --latency)")
     ee.add_argument("--latency", type=_finite, metavar="FRACTION",
-                    help="constrain predicted latency instead of MACs: this fraction of the "
-                         "dense model's, from a per-layer table measured once on this device "
-                         "(cached in $SPARSETRAIN_CACHE, default ~/.cache/sparsetrain)")
+                    help="constrain latency instead of MACs: this fraction of the dense "
+                         "model's on this device; a per-layer table (measured once, cached in "
+                         "$SPARSETRAIN_CACHE, default ~/.cache/sparsetrain) pre-selects "
+                         "strategies and each candidate is timed")
     ee.add_argument("--latency-batch", type=_count(1), default=64,
                     help="batch size the latency table is measured at (default 64)")
     ee.add_argument("--latency-precision", choices=["fp32", "bf16"],
                     help="precision of the latency table (default: the recipe's)")
     ee.add_argument("--latency-prefilter", type=_finite, default=0.15, metavar="W",
-                    help="strategies the table predicts within --latency +- W are timed "
-                         "against the dense model; the first measured within --tolerance is "
-                         "the candidate (default 0.15)")
+                    help="strategies the table predicts within W of --latency (corrected by "
+                         "the table's error measured so far) are timed against the dense model; "
+                         "the first measured within --tolerance is the candidate (default 0.15)")
     ee.add_argument("--latency-calibrate", type=_count(0), default=8, metavar="N",
                     help="time N whole pruned models to fit the table's predictions to this "
                          "device (default 8; 0: the per-layer table as measured)")

@@ -272,9 +272,6 @@ def _latency_table(dense: nn.Module, run_dir: Path, o: EagleEyeOptions, precisio
     come from the device cache when present) and saved in the run folder."""
     if o.latency is None and o.round_to != "auto":
         return None
-    if o.round_to not in (None, "auto"):  # a fixed step with a latency band
-        raise UserError("--latency measures the channel steps itself: use --round-to auto "
-                        "(the default) with it")
     path = run_dir / "latency_table.json"
     prec = o.latency_precision or precision
     if path.is_file():
@@ -293,7 +290,7 @@ def _latency_table(dense: nn.Module, run_dir: Path, o: EagleEyeOptions, precisio
     groups = prunable_groups(dense)
     table = LatencyModel.measure(dense, groups, batch=o.latency_batch, precision=prec,
                                  progress=progress)
-    if o.latency_calibrate:
+    if o.latency is not None and o.latency_calibrate:  # steps alone need no calibration
         table = table.calibrate(MeasuredLatency(dense, groups, table.step_of() or None,
                                                 o.latency_batch, prec), n=o.latency_calibrate,
                                 seed=0, r_max=o.r_max)
