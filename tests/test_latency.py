@@ -327,3 +327,29 @@ def test_eagleeye_latency_check_records_measurements_and_resumes_without_timing(
     assert read_candidates(cfg.run_dir / "candidates.jsonl")[:2] == lines  # kept, not re-timed
     assert len(calls) > n  # the new candidate was measured, the recorded ones were not
     assert not any(c == r["ratios"] for c in calls[n:] for r in lines)
+
+
+def test_eagleeye_measured_steps_with_a_macs_band(tmp_path, monkeypatch):
+    """--round-to auto alone: the MACs band as usual, counts snapped to the measured steps,
+    nothing timed beyond the table (no calibration, no candidate checks)."""
+    cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
+                               train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
+    save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
+                     "model": _resnet20().state_dict(),
+                     "classes": [f"class{k}" for k in range(10)]}, tmp_path / "dense.pt")
+    monkeypatch.setattr(lat, "make_timer", lambda *a, **k: block_ms)
+    monkeypatch.setattr(lat, "time_forward", lambda *a, **k: 0.0)
+    monkeypatch.setattr(lat.MeasuredLatency, "__call__", lambda *a: pytest.fail("timed"))
+    run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(
+        candidates=2, abn_batches=1, holdout=64, round_to="auto", tolerance=0.03,
+        finetune=False))
+    table = json.loads((cfg.run_dir / "latency_table.json").read_text())
+    assert table["calibration"] is None
+    settings = json.loads((cfg.run_dir / "search.json").read_text())["settings"]
+    assert "latency" not in settings and set(settings["round_to"].values()) == {8}
+    dense = _resnet20()
+    for r in read_candidates(cfg.run_dir / "candidates.jsonl"):
+        assert abs(r["macs_ratio"] - 0.5) <= 0.03 and "latency_ratio" not in r
+        pruned = prune_model(dense, r["ratios"], "l1", settings["round_to"])
+        assert all(m.out_channels % 8 == 0 for m in pruned.modules()
+                   if isinstance(m, nn.Conv2d))
