@@ -353,3 +353,14 @@ def test_eagleeye_measured_steps_with_a_macs_band(tmp_path, monkeypatch):
         pruned = prune_model(dense, r["ratios"], "l1", settings["round_to"])
         assert all(m.out_channels % 8 == 0 for m in pruned.modules()
                    if isinstance(m, nn.Conv2d))
+
+
+def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SPARSETRAIN_CACHE", str(blocker))  # latency/ cannot be created in it
+    dense = _resnet20()
+    with pytest.warns(UserWarning, match="latency cache not saved"):
+        lm = LatencyModel.measure(dense, prunable_groups(dense), batch=8, timer=block_ms,
+                                  dense_ms=1.0)
+    assert lm.round_to and blocker.read_text() == "not a folder"

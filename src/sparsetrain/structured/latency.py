@@ -16,8 +16,12 @@ fixed batch size and precision, so the search can constrain *that* instead (``pr
   output counts, and the step ``s`` in 1, 2, 4, ... whose padded model
   ``a + b * ceil(k / s) * s`` fits that curve best is the kernel's block size (counts 9..16
   cost what 16 costs; :func:`measure_steps`);
-* the model's latency = the sum of its units + a constant rest (adds, pooling, the classifier's
-  softmax-free head...), the measured dense model minus its units' sum (at least 0).
+* the model's latency = the sum of its units + a constant rest (residual adds, pooling...),
+  the measured dense model minus its units' sum (at least 0);
+* layers timed alone can run differently inside the network (oneDNN picks kernels and layouts
+  per shape), so :meth:`LatencyModel.calibrate` fits ``measured = a * table + b`` on whole
+  pruned models timed against the dense one (:class:`MeasuredLatency`), and the search by
+  default times every candidate that way before accepting it (``sampler.py``).
 
 Units with the same shape share measurements, and measurements are cached per device key
 (device name, torch version, threads, precision, batch, memory format) in
@@ -34,6 +38,7 @@ import hashlib
 import json
 import os
 import statistics
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +111,11 @@ class _Cache:
 
     def save(self) -> None:
         if self.use and self.new:
-            write_json({"key": self.key, "times": self.times}, self.path)
+            try:
+                write_json({"key": self.key, "times": self.times}, self.path)
+            except (OSError, UserError) as e:  # an unwritable cache only costs time later
+                warnings.warn(f"latency cache not saved ({e}); set SPARSETRAIN_CACHE to a "
+                              "writable folder", stacklevel=2)
             self.new = 0
 
 
