@@ -29,6 +29,8 @@ def block_ms(spec: dict, kin: int, kout: int) -> float:
     if spec["kind"] == "linear":
         return 0.01 * math.ceil(kin / 8) * math.ceil(kout / 8)
     area = spec["h"] * spec["w"] * (9 if spec["k"] == "3x3" else 1)
+    if spec["kind"] == "dwconv":  # one filter per channel: linear in the channels
+        return 1e-4 * area * math.ceil(kout / 8)
     return 1e-4 * area * math.ceil(kin / 8) * math.ceil(kout / 8)
 
 
@@ -75,12 +77,14 @@ def test_measured_step_is_the_block_size(curve, channels, step):
     assert measure_steps(curve, channels) == step
 
 
-def test_prediction_equals_the_hand_sum_over_the_pruned_model():
-    dense = _resnet20()
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v1_cifar"])  # + depthwise convs
+def test_prediction_equals_the_hand_sum_over_the_pruned_model(arch):
+    torch.manual_seed(0)
+    dense = create_model(arch).eval()
     groups = prunable_groups(dense)
     t = Counting()
     lm = LatencyModel.measure(dense, groups, batch=8, timer=t, dense_ms=hand_ms(dense) + 3.0)
-    assert set(lm.round_to) == {8}  # every group of resnet20 has 16, 32 or 64 channels
+    assert set(lm.round_to) == {8}  # every group has a multiple of 16 channels
     assert lm.rest_ms == pytest.approx(3.0) and lm.dense_pred == pytest.approx(lm.dense_ms)
     mm = MacsModel.build(dense, groups, lm.step_of())
     sampler = StrategySampler(mm, 0.0, 0.7, 0.5, 0.05, seed=1)

@@ -353,9 +353,11 @@ class LatencyModel:
             spec = specs[name]
             gi = [spec["in"]] if a == ones else _axis(channels[a], steps[a] if steps else 1)
             go = [spec["out"]] if b == ones else _axis(channels[b], steps[b] if steps else 1)
-            if spec["kind"] == "dwconv":
-                gi = [spec["in"]]  # inputs follow outputs: the table is over outputs only
-            table = [[store.get(spec, ki, ko, timer) for ko in go] for ki in gi]
+            if spec["kind"] == "dwconv":  # inputs follow outputs: one row, over outputs
+                gi = [spec["in"]]
+                table = [[store.get(spec, ko, ko, timer) for ko in go]]
+            else:
+                table = [[store.get(spec, ki, ko, timer) for ko in go] for ki in gi]
             units.append(_Unit(name, spec, a, b, gi, go, table))
             bar.update(1)
         bar.close()
