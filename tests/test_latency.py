@@ -204,16 +204,22 @@ def test_sampler_with_a_latency_band():
         StrategySampler(MacsModel.build(dense, groups), cost=lm)
 
 
-def test_eagleeye_with_a_latency_target(tmp_path, monkeypatch):
+def _world(tmp_path, monkeypatch, timer=block_ms):
+    """A tiny EagleEye recipe, a dense ResNet-20 checkpoint at ``tmp_path/dense.pt``, layers
+    timed by ``timer`` and the dense model by no clock (rest 0: predictions exact)."""
     cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
                                train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
-    dense = _resnet20()
     save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
-                     "model": dense.state_dict(), "classes": [f"class{k}" for k in range(10)]},
-                    tmp_path / "dense.pt")
+                     "model": _resnet20().state_dict(),
+                     "classes": [f"class{k}" for k in range(10)]}, tmp_path / "dense.pt")
+    monkeypatch.setattr(lat, "make_timer", lambda *a, **k: timer)
+    monkeypatch.setattr(lat, "time_forward", lambda *a, **k: 0.0)
+    return cfg
+
+
+def test_eagleeye_with_a_latency_target(tmp_path, monkeypatch):
     t = Counting()
-    monkeypatch.setattr(lat, "make_timer", lambda *a, **k: t)
-    monkeypatch.setattr(lat, "time_forward", lambda *a, **k: 0.0)  # dense: no rest, no clock
+    cfg = _world(tmp_path, monkeypatch, t)
     opts = EagleEyeOptions(candidates=3, abn_batches=1, holdout=64, latency=0.5,
                            tolerance=0.03, baselines=("uniform",), latency_check=False,
                            latency_calibrate=0)
@@ -291,13 +297,7 @@ def test_measured_latency_leaves_the_dense_model_alone():
 
 def test_eagleeye_latency_check_records_measurements_and_resumes_without_timing(
         tmp_path, monkeypatch):
-    cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
-                               train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
-    save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
-                     "model": _resnet20().state_dict(),
-                     "classes": [f"class{k}" for k in range(10)]}, tmp_path / "dense.pt")
-    monkeypatch.setattr(lat, "make_timer", lambda *a, **k: block_ms)
-    monkeypatch.setattr(lat, "time_forward", lambda *a, **k: 0.0)  # dense: no rest, no clock
+    cfg = _world(tmp_path, monkeypatch)
     calls = []
 
     def clock(self, ratios):  # 5% slower than a table that knows only the blocks
@@ -336,13 +336,7 @@ def test_eagleeye_latency_check_records_measurements_and_resumes_without_timing(
 def test_eagleeye_measured_steps_with_a_macs_band(tmp_path, monkeypatch):
     """--round-to auto alone: the MACs band as usual, counts snapped to the measured steps,
     nothing timed beyond the table (no calibration, no candidate checks)."""
-    cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
-                               train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
-    save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
-                     "model": _resnet20().state_dict(),
-                     "classes": [f"class{k}" for k in range(10)]}, tmp_path / "dense.pt")
-    monkeypatch.setattr(lat, "make_timer", lambda *a, **k: block_ms)
-    monkeypatch.setattr(lat, "time_forward", lambda *a, **k: 0.0)
+    cfg = _world(tmp_path, monkeypatch)
     monkeypatch.setattr(lat.MeasuredLatency, "__call__", lambda *a: pytest.fail("timed"))
     run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(
         candidates=2, abn_batches=1, holdout=64, round_to="auto", tolerance=0.03,
