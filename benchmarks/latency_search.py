@@ -36,24 +36,10 @@ from _common import append_markdown, header
 
 from sparsetrain.models import create_model
 from sparsetrain.structured import LatencyModel, MacsModel, StrategySampler, prune_model
+from sparsetrain.structured.correlate import spearman
 from sparsetrain.structured.groups import prunable_groups
 from sparsetrain.structured.latency import MeasuredLatency
 from sparsetrain.structured.macs import macs_params
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    def ranks(x: list[float]) -> list[float]:
-        order = sorted(range(len(x)), key=lambda i: x[i])
-        r = [0.0] * len(x)
-        for k, i in enumerate(order):
-            r[i] = float(k)
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    den = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
-    return num / den if den else float("nan")
 
 
 def main() -> None:

@@ -183,13 +183,19 @@ def measure_steps(curve: Mapping[int, float], channels: int) -> int:
         if s >= channels and s > 1:
             break
         x = [min(channels, -(-k // s) * s) for k in counts]
-        mx, my = statistics.fmean(x), statistics.fmean(y)
-        sxx = sum((v - mx) ** 2 for v in x)
-        slope = sum((u - mx) * (v - my) for u, v in zip(x, y, strict=True)) / sxx if sxx else 0.0
-        fits[s] = statistics.median(abs(v - my - slope * (u - mx))
-                                    for u, v in zip(x, y, strict=True))
+        slope, icept = _line(x, y, 0.0)
+        fits[s] = statistics.median(abs(v - icept - slope * u) for u, v in zip(x, y, strict=True))
     best = min(fits.values())
     return max(s for s, r in fits.items() if r <= best * (1 + STEP_SLACK) + 1e-12)
+
+
+def _line(x: Sequence[float], y: Sequence[float], flat: float) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)`` of ``y`` on ``x``; slope ``flat`` when every ``x``
+    is equal (through the mean of ``y``)."""
+    try:
+        return tuple(statistics.linear_regression(x, y))  # type: ignore[return-value]
+    except statistics.StatisticsError:
+        return flat, statistics.fmean(y) - flat * statistics.fmean(x)
 
 
 def _axis(channels: int, step: int) -> list[int]:
@@ -278,10 +284,7 @@ class LatencyModel:
                  for _ in range(n - n_uniform)]
         x = self.table_ratio(torch.stack(rows)).tolist()
         y = [float(measure(dict(zip(self.names, r.tolist(), strict=True)))) for r in rows]
-        mx, my = statistics.fmean(x), statistics.fmean(y)
-        sxx = sum((v - mx) ** 2 for v in x)
-        a = sum((u - mx) * (v - my) for u, v in zip(x, y, strict=True)) / sxx if sxx else 1.0
-        b = my - a * mx
+        a, b = _line(x, y, 1.0)
         resid = [v - (a * u + b) for u, v in zip(x, y, strict=True)]
         cal = {"a": a, "b": b, "points": [[u, v] for u, v in zip(x, y, strict=True)],
                "rms": (statistics.fmean(r * r for r in resid)) ** 0.5}
