@@ -193,7 +193,8 @@ def test_html_is_self_contained_with_valid_pngs(report) -> None:
     text = out.read_text(encoding="utf-8")
     page = _Collector()
     page.feed(text)
-    expected = {"accuracy_vs_sparsity", "accuracy_vs_cost", "test_accuracy", "train_loss",
+    expected = {"accuracy_vs_sparsity", "accuracy_at_90", "accuracy_vs_cost", "test_accuracy",
+                "train_loss",
                 "layers_static", "layers_rigl", "layers_evald", "mask_dynamics",
                 "reliability_evald", "candidates_evald"}
     assert {p.stem for p in result.figures} == expected
@@ -330,7 +331,8 @@ def test_report_loads_without_errors_and_every_image_renders(report, tmp_path: P
 
 def test_two_seeds_of_one_recipe_are_one_mark(tmp_path: Path) -> None:
     """Same config but seed (and name): one group with both accuracies; another density or
-    method is another group; the figure is the one-level dot chart, then the lines."""
+    method is another group; the figure is the one-level dot chart, then the lines plus the
+    dot chart of each level that holds two or more methods."""
     from sparsetrain.report.plots import accuracy_vs_sparsity, seed_groups
 
     sp = {"method": "granet", "density": 0.1}
@@ -351,8 +353,10 @@ def test_two_seeds_of_one_recipe_are_one_mark(tmp_path: Path) -> None:
     assert plot.title == "Accuracy at 90% sparsity" and plot.png.startswith(PNG_SIGNATURE)
     _write_run(tmp_path, "gmp98", _config("gmp98", {"method": "gmp", "density": 0.02}),
                _epochs([0.6]), _summary("gmp98", "gmp", 0.6, 0.02))
-    (plot,) = accuracy_vs_sparsity(find_runs([tmp_path])[0])
-    assert plot.title == "Accuracy vs sparsity"
+    lines, at90 = accuracy_vs_sparsity(find_runs([tmp_path])[0])
+    assert lines.title == "Accuracy vs sparsity" and lines.slug == "accuracy_vs_sparsity"
+    # 90% holds two methods, so it also gets its labelled dot chart; 98% holds one (no chart)
+    assert (at90.slug, at90.title) == ("accuracy_at_90", "Accuracy at 90% sparsity")
 
 
 @pytest.mark.parametrize(("method", "sparsity", "label"), [

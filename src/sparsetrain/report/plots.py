@@ -246,15 +246,25 @@ def accuracy_vs_sparsity(runs: Sequence[Run]) -> list[Plot]:
     if not sparse or len(groups) < 2:
         return []
     levels = sorted({round(1 - g.density, 2) for g in sparse})
-    fig = (_dot_chart(sparse, dense, levels[0]) if len(levels) == 1
-           else _sparsity_lines(sparse, dense, levels))
     finished = {n for g in groups for n in g.names}
     skipped = sum(1 for r in runs if r.density is not None and r.top1 is not None
                   and r.name not in finished)
-    title = ("Accuracy at " + f"{100 * levels[0]:g}% sparsity" if len(levels) == 1
-             else "Accuracy vs sparsity") + (
-        f" ({skipped} unfinished run(s) left out)" if skipped else "")
-    return [Plot("sparsity", "accuracy_vs_sparsity", title, *_images(fig))]
+    note = f" ({skipped} unfinished run(s) left out)" if skipped else ""
+    if len(levels) == 1:
+        fig = _dot_chart(sparse, dense, levels[0])
+        return [Plot("sparsity", "accuracy_vs_sparsity",
+                     f"Accuracy at {100 * levels[0]:g}% sparsity{note}", *_images(fig))]
+    plots = [Plot("sparsity", "accuracy_vs_sparsity", "Accuracy vs sparsity" + note,
+                  *_images(_sparsity_lines(sparse, dense, levels)))]
+    # lines overlap where methods are close: every level with two or more methods also gets
+    # the labelled dot chart, so each method can be read off at that sparsity
+    for level in levels:
+        at = [g for g in sparse if round(1 - g.density, 2) == level]
+        if len(at) >= 2:
+            plots.append(Plot("sparsity", f"accuracy_at_{100 * level:g}",
+                              f"Accuracy at {100 * level:g}% sparsity",
+                              *_images(_dot_chart(at, dense, level))))
+    return plots
 
 
 def _seeds(g: SeedGroup) -> str:
