@@ -307,17 +307,14 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-def test_report_loads_without_errors_and_every_image_renders(report, tmp_path: Path) -> None:
-    """Chromium loads a copy of the report with a probe script appended (the report itself has
-    no scripts): no script or resource errors, every <img> decoded with a nonzero width."""
+def _probe(page: Path, tmp_path: Path) -> tuple[int, int, int]:
+    """Chromium loads a copy of ``page`` with a probe script appended: (images, broken images,
+    script or resource errors); skips without chromium."""
     browser = shutil.which("chromium")
     if browser is None:
         pytest.skip("no chromium")
-    _, out = report
-    html = out.read_text()
-    n_img = html.count("<img ")
     probe = tmp_path / "probe.html"
-    probe.write_text(html.replace("</body>", _PROBE + "</body>"))
+    probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
     res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
                           "--disable-background-networking", "--disable-component-update",
                           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
@@ -325,8 +322,45 @@ def test_report_loads_without_errors_and_every_image_renders(report, tmp_path: P
                          capture_output=True, text=True, timeout=120, check=False)
     m = re.search(r"PROBE images=(\d+) broken=(\d+) errors=(\d+)", res.stdout)
     assert m is not None, res.stderr[-2000:]
-    assert (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (n_img, 0, 0)
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def test_report_loads_without_errors_and_every_image_renders(report, tmp_path: Path) -> None:
+    """The report itself has no scripts: no script or resource errors, every <img> decoded
+    with a nonzero width."""
+    _, out = report
+    n_img = out.read_text().count("<img ")
+    assert _probe(out, tmp_path) == (n_img, 0, 0)
     assert n_img >= 5
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "example-report.html"
+
+
+def test_committed_example_report_has_the_comparison_figures() -> None:
+    """docs/example-report.html (the CPU-protocol runs): the labelled chart at one sparsity,
+    the lines over sparsities, accuracy vs cost; its Markdown twin links PNGs and SVGs that
+    exist and decode; every run in it finished all its epochs."""
+    html = EXAMPLE.read_text(encoding="utf-8")
+    page = _Collector()
+    page.feed(html)
+    assert len(page.imgs) >= 8 and all(src.startswith("data:image/png;base64,")
+                                       for src in page.imgs)
+    md = EXAMPLE.with_suffix(".md").read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    stems = {Path(link).stem for link in links}
+    assert {"accuracy_vs_sparsity", "accuracy_at_90", "accuracy_vs_cost"} <= stems
+    for link in links:
+        png = EXAMPLE.parent / link
+        _png_size(png.read_bytes())
+        assert png.with_suffix(".svg").read_bytes().lstrip().startswith(b"<?xml")
+    rows = [r for r in page.rows if len(r) > 3]
+    assert len(rows) >= 8 and all(r[3] == "15/15" for r in rows)
+
+
+def test_committed_example_report_renders_in_chromium(tmp_path: Path) -> None:
+    n_img = EXAMPLE.read_text(encoding="utf-8").count("<img ")
+    assert _probe(EXAMPLE, tmp_path) == (n_img, 0, 0)
 
 
 def test_two_seeds_of_one_recipe_are_one_mark(tmp_path: Path) -> None:
