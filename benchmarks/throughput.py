@@ -6,6 +6,10 @@ in interleaved windows (A, B, A, B, ...), and the median images/s of the windows
 The data-loading share of sparsetrain's step is measured by timing the batch producer alone.
 
     python benchmarks/throughput.py --models resnet20 resnet56 --windows 5 --steps 20
+
+``--variants`` adds levers to the engine side, each as its own interleaved side (issue 19.3):
+``compile`` (``torch.compile`` of the model, inductor's CPU fusion of BN/ReLU/add; the compile
+time is reported), ``fused-sgd`` (``torch.optim.SGD(fused=True)`` instead of foreach).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sparsetrain.models import create_model
 from sparsetrain.precision import autocast
 from sparsetrain.train.optim import build_optimizer
 
+VARIANTS = ("engine", "compile", "fused-sgd")
 MEAN = np.array(get_dataset_info("cifar10").mean, dtype=np.float32)
 STD = np.array(get_dataset_info("cifar10").std, dtype=np.float32)
 
@@ -57,13 +62,22 @@ def _worker_init(worker_id: int) -> None:
 class Side:
     """One training setup that can run a timed window of ``steps`` optimizer steps."""
 
-    def __init__(self, name: str, model_name: str, fast: bool, data) -> None:
+    def __init__(self, name: str, model_name: str, fast: bool, data, lever: str = "") -> None:
         torch.manual_seed(0)
         self.name, self.fast = name, fast
         self.model = create_model(model_name, num_classes=10)
         if fast:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = build_optimizer(self.model, "sgd", lr=0.05, weight_decay=5e-4)
+        self.forward = self.model
+        if lever == "compile":
+            self.forward = torch.compile(self.model)
+        elif lever == "fused-sgd":
+            groups = [{k: v for k, v in g.items() if k not in ("foreach", "fused")}
+                      for g in self.opt.param_groups]
+            self.opt = torch.optim.SGD(groups, lr=0.05, fused=True)
+        elif lever:
+            raise SystemExit(f"unknown variant {lever!r}; choose from {VARIANTS}")
         self.precision = "bf16" if fast else "fp32"
         if fast:
             info = get_dataset_info("cifar10")
@@ -95,7 +109,7 @@ class Side:
         for _ in range(steps):
             x, y = self.next_batch()
             with autocast(torch.device("cpu"), self.precision):
-                loss = F.cross_entropy(self.model(x), y)
+                loss = F.cross_entropy(self.forward(x), y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -109,23 +123,38 @@ class Side:
         return (time.perf_counter() - t0) / steps
 
 
-def run(model_name: str, data, windows: int, steps: int) -> dict:
-    fast = Side("sparsetrain", model_name, True, data)
+def run(model_name: str, data, windows: int, steps: int,
+        variants: tuple[str, ...] = ("engine",)) -> list[dict]:
+    """One row per engine variant; every side runs its windows interleaved with the others."""
+    sides = {v: Side("sparsetrain", model_name, True, data, "" if v == "engine" else v)
+             for v in variants}
     ref = Side("reference", model_name, False, data)
-    fast.window(3)  # warm-up (allocator, oneDNN primitive caches, worker start-up)
+    warm = {}
+    for v, side in sides.items():  # warm-up (allocator, oneDNN caches, compilation)
+        t0 = time.perf_counter()
+        side.window(3)
+        warm[v] = time.perf_counter() - t0
     ref.window(3)
-    a, b = [], []
+    rates: dict[str, list[float]] = {v: [] for v in variants}
+    b = []
     for w in range(windows):
-        a.append(fast.window(steps))
+        for v, side in sides.items():
+            rates[v].append(side.window(steps))
         b.append(ref.window(steps))
-        print(f"  {model_name} window {w + 1}/{windows}: sparsetrain {a[-1]:.0f} img/s, "
-              f"reference {b[-1]:.0f} img/s", flush=True)
-    med_a, med_b = statistics.median(a), statistics.median(b)
-    data_s = statistics.median(fast.data_time(steps) for _ in range(3))
-    step_s = 128 / med_a
-    return {"model": model_name, "sparsetrain": med_a, "reference": med_b,
-            "speedup": med_a / med_b, "data_frac": data_s / step_s,
-            "spread_a": (min(a), max(a)), "spread_b": (min(b), max(b))}
+        shown = ", ".join(f"{v} {r[-1]:.0f}" for v, r in rates.items())
+        print(f"  {model_name} window {w + 1}/{windows}: {shown}, reference {b[-1]:.0f} img/s",
+              flush=True)
+    med_b = statistics.median(b)
+    rows = []
+    for v, side in sides.items():
+        a = rates[v]
+        med_a = statistics.median(a)
+        data_s = statistics.median(side.data_time(steps) for _ in range(3))
+        rows.append({"model": model_name, "variant": v, "sparsetrain": med_a, "reference": med_b,
+                     "speedup": med_a / med_b, "data_frac": data_s / (128 / med_a),
+                     "warmup_s": warm[v], "spread_a": (min(a), max(a)),
+                     "spread_b": (min(b), max(b))})
+    return rows
 
 
 def main() -> None:
@@ -133,18 +162,23 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per window")
+    p.add_argument("--variants", nargs="+", default=["engine"], choices=VARIANTS,
+                   help="engine levers measured side by side (issue 19.3)")
     p.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz")
     p.add_argument("--no-append", action="store_true", help="do not write BENCHMARKS.md")
     args = p.parse_args()
     data = load_split("cifar10", args.data, "train")
-    rows = [run(m, data, args.windows, args.steps) for m in args.models]
-    table = ["| model | sparsetrain img/s (min–max) | reference img/s (min–max) | speed-up | "
-             "data loading share of step |", "|---|---|---|---|---|"]
+    rows = [r for m in args.models for r in run(m, data, args.windows, args.steps,
+                                                   tuple(args.variants))]
+    table = ["| model | variant | sparsetrain img/s (min–max) | reference img/s (min–max) | "
+             "speed-up | data loading share of step | warm-up (3 steps) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(
-            f"| {r['model']} | {r['sparsetrain']:.0f} ({r['spread_a'][0]:.0f}–"
+            f"| {r['model']} | {r['variant']} | {r['sparsetrain']:.0f} ({r['spread_a'][0]:.0f}–"
             f"{r['spread_a'][1]:.0f}) | {r['reference']:.0f} ({r['spread_b'][0]:.0f}–"
-            f"{r['spread_b'][1]:.0f}) | {r['speedup']:.2f}× | {100 * r['data_frac']:.1f}% |")
+            f"{r['spread_b'][1]:.0f}) | {r['speedup']:.2f}× | {100 * r['data_frac']:.1f}% | "
+            f"{r['warmup_s']:.1f} s |")
     text = "\n".join(table)
     print(text)
     if not args.no_append:
