@@ -488,3 +488,44 @@ def test_training_flops_integrate_the_masks_over_steps(tmp_path: Path) -> None:
     assert training_flops(runs["d"]) == 3 * 64 * 300 * 81_600_000
     expected = 3 * 64 * (100 * (total - 0.5 * conv1) + 200 * (total - 0.75 * conv1))
     assert training_flops(runs["g"]) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("xs, log", [
+    ([26.9, 27.4, 28.8], False),  # runs of nearly the same length: a log axis shows no number
+    ([3.9, 14.2, 75.0], True),    # FLOPs over about a decade: log, labelled at 1-2-5
+    ([0.021, 0.035, 0.27], True),
+    ([0.5, 40.0, 4000.0], True),   # several decades: log, labelled at the powers of ten
+])
+def test_cost_axis_always_shows_numbers_within_the_data(xs: list[float], log: bool) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparsetrain.report.plots import cost_axis
+
+    fig, ax = plt.subplots()
+    try:
+        ax.plot(xs, [80.0] * len(xs), "o")
+        cost_axis(ax, xs)
+        fig.canvas.draw()
+        assert ax.get_xscale() == ("log" if log else "linear")
+        lo, hi = ax.get_xlim()
+        shown = [t.get_text() for t in ax.get_xticklabels()
+                 if lo <= t.get_position()[0] <= hi and t.get_text()]
+        assert len(shown) >= 2, shown
+        assert all(float(v) > 0 for v in shown)
+    finally:
+        plt.close(fig)
+
+
+def test_svg_figures_are_the_same_on_every_rebuild(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    dirs = _make_runs(tmp_path / "runs")
+    svgs = []
+    for name in ("a", "b"):
+        build_report(dirs, tmp_path / name / "report.html")
+        svgs.append({p.name: p.read_bytes()
+                     for p in sorted((tmp_path / name / "report_files").glob("*.svg"))})
+    assert len(svgs[0]) >= 3 and svgs[0] == svgs[1]

@@ -58,7 +58,12 @@ def _images(fig: Any) -> tuple[bytes, bytes]:
     png, svg = io.BytesIO(), io.BytesIO()
     # no "Software"/"Creator" entries: they hold a URL, and the report references no network
     fig.savefig(png, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Creator": None, "Date": None})
+    # a fixed salt makes the SVG's element ids, and so the file, the same on every rebuild
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "sparsetrain"}):
+        fig.savefig(svg, format="svg", bbox_inches="tight",
+                    metadata={"Creator": None, "Date": None})
     return png.getvalue(), svg.getvalue()
 
 
@@ -204,8 +209,6 @@ def accuracy_vs_cost(runs: Sequence[Run]) -> list[Plot]:
         if sum(getattr(g, attr) is not None for g in groups) >= 2]
     if not panels:
         return []
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
     labels = sorted({g.label for g in groups if g.density < 1 - 1e-9})
     colors = {lab: st["color"] for lab, st in zip(labels, _styles(len(labels)), strict=True)}
     levels = sorted({round(1 - g.density, 2) for g in groups})
@@ -223,9 +226,7 @@ def accuracy_vs_cost(runs: Sequence[Run]) -> list[Plot]:
         front = pareto_front([(x, 100 * g.mean) for g, x in pts])
         ax.step([c for c, _ in front], [a for _, a in front], where="post", color="0.4", lw=1,
                 ls=":", label="Pareto front")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        cost_axis(ax, [x for _, x in pts])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("final test top-1 (%)")
         ax.grid(alpha=0.3)
@@ -233,6 +234,20 @@ def accuracy_vs_cost(runs: Sequence[Run]) -> list[Plot]:
     return [Plot("cost", "accuracy_vs_cost", "Accuracy vs cost (inference FLOPs, training "
                  "FLOPs, wall time)",
                  *_images(fig))]
+
+
+def cost_axis(ax: Any, xs: Sequence[float]) -> None:
+    """A log x axis where the costs span a factor of 3 or more, else a linear one: a log axis
+    over a narrow range (e.g. runs of 27-29 min) holds no major tick and shows no number.
+    Under two decades the log axis is labelled at 1, 2 and 5 times each power of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if min(xs) > 0 and max(xs) / min(xs) >= 3:
+        ax.set_xscale("log")
+        if max(xs) / min(xs) < 100:
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def accuracy_vs_sparsity(runs: Sequence[Run]) -> list[Plot]:
