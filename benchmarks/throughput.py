@@ -76,8 +76,6 @@ class Side:
             groups = [{k: v for k, v in g.items() if k not in ("foreach", "fused")}
                       for g in self.opt.param_groups]
             self.opt = torch.optim.SGD(groups, lr=0.05, fused=True)
-        elif lever:
-            raise SystemExit(f"unknown variant {lever!r}; choose from {VARIANTS}")
         self.precision = "bf16" if fast else "fp32"
         if fast:
             info = get_dataset_info("cifar10")
