@@ -111,6 +111,12 @@ def _rate(n: int, seconds: float) -> str:
     return f"{seconds / n:.2f} | {60.0 * n / seconds:.2f}"
 
 
+def _model_name(ckpt: dict[str, Any], cfg: Any) -> str:
+    """The checkpoint's model (the recipe only supplies data and settings)."""
+    model = (ckpt.get("config") or {}).get("model") or {}
+    return str(model.get("name") or cfg.model.name)
+
+
 def _winner(scores: list[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
@@ -141,8 +147,9 @@ def main() -> None:
     n, n_old = args.candidates, min(args.old_candidates, args.candidates)
     workers = args.workers or default_workers(n)
     lines = [header("EagleEye search speed (issue 19)"),
-             f"{cfg.model.name}, {sum(len(y) for _, y in hb)} scoring images, ABN batches of "
-             f"{len(tb[0][1])}, fp32; load average before: {os.getloadavg()[0]:.2f}\n",
+             f"{_model_name(ckpt, cfg)}, {sum(len(y) for _, y in hb)} scoring images, "
+             f"ABN batches of {len(tb[0][1])}, fp32; load average before: "
+             f"{os.getloadavg()[0]:.2f}\n",
              "| path | candidates | processes x threads | ABN batches | vanilla | FlopCounter "
              "| s/cand | cand/min | Spearman vs old | Spearman vs new, most ABN | same winner |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
