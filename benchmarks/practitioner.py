@@ -79,6 +79,7 @@ p.add_argument("--density", type=float, default=0.1, help="oneshot / granet targ
 p.add_argument("--flops", type=float, default=0.5, help="eagleeye MACs fraction")
 p.add_argument("--candidates", type=int, default=50, help="eagleeye candidates")
 p.add_argument("--abn-batches", type=int, default=50, help="eagleeye adaptive-BN batches")
+p.add_argument("--workers", type=int, help="eagleeye search processes (default: its own)")
 p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every flow")
 p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak LR")
 p.add_argument("--json", help="write the rows as JSON")
@@ -145,7 +146,8 @@ def main() -> None:
         else:
             secs = _cli("prune", "eagleeye", "-c", args.config, "--flops", str(args.flops),
                         "--candidates", str(args.candidates),
-                        "--abn-batches", str(args.abn_batches), "--baselines", "none", *common,
+                        "--abn-batches", str(args.abn_batches), "--baselines", "none",
+                        *(["--workers", str(args.workers)] if args.workers else []), *common,
                         f"name={name}")
         run = work / "runs" / name
         summary = json.loads((run / "summary.json").read_text())
