@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import tiny_config, write_config
 from sparsetrain.errors import UserError
 from sparsetrain.rundir import LOCK, MARKER, RunDir, check_run_name, made_by
 
@@ -132,3 +132,28 @@ def test_two_same_name_starts_exactly_one_runs(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     assert json.loads((run / "summary.json").read_text())["steps"] == 10
+
+
+def test_summary_records_the_commit_the_run_started_with(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # a commit made while a run trains must not relabel the code that ran
+    from sparsetrain import load_config, train, utils
+    from sparsetrain.callbacks import Callback
+
+    head = {"now": "a" * 40}
+    monkeypatch.setattr(utils, "_head", lambda: head["now"])
+
+    class CommitDuringTheRun(Callback):
+        def on_epoch_end(self, trainer, metrics) -> None:
+            head["now"] = "b" * 40
+
+    utils.git_commit.cache_clear()
+    try:
+        cfg = load_config(write_config(tmp_path, tiny_config(tmp_path, train={"epochs": 1})))
+        summary = train(cfg, callbacks=[CommitDuringTheRun()])
+    finally:
+        utils.git_commit.cache_clear()
+    assert head["now"] == "b" * 40  # the callback ran: HEAD moved during the run
+    assert summary["git_commit"] == "a" * 40
+    saved = json.loads((cfg.run_dir / "summary.json").read_text())
+    assert saved["git_commit"] == "a" * 40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from pathlib import Path
@@ -39,8 +40,15 @@ def environment(device: torch.device | None = None) -> dict[str, str]:
     return env
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """HEAD of the repository holding this package (editable installs) or of the cwd."""
+    """HEAD of the repository holding this package (editable installs) or of the cwd, as it was
+    at the first call in this process: runs call it when they start, so a commit made (or a
+    branch checked out) while they train does not relabel the code that is running."""
+    return _head()
+
+
+def _head() -> str | None:
     for where in (Path(__file__).resolve().parent, Path.cwd()):
         try:
             out = subprocess.run(

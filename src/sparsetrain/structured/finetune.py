@@ -62,6 +62,7 @@ def finetune_pruned(
     if done is not None:
         return done
     t_start = time.perf_counter()
+    git_commit()  # the commit of the code that runs, before anyone commits during the run
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)

@@ -394,6 +394,7 @@ def _train(cfg: RunConfig, ctx: DistContext, device: torch.device, ckpt: dict[st
     run_dir = cfg.run_dir
     ctx.barrier()  # every rank has checked the run directory before rank 0 writes to it
     t_start = time.perf_counter()
+    git_commit()  # the commit of the code that runs, before anyone commits during the run
     precision = resolve_precision(cfg.train.precision, device)
     b = build(cfg, device, ctx)
     callbacks = [b.method, *distillation(cfg, device, precision), *extra_callbacks]
