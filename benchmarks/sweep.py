@@ -2,8 +2,10 @@
 
 Each finished run adds one row to a CSV (written after every run, so a stopped sweep keeps
 what it finished); a run whose directory already has summary.json is reused, not retrained,
-and one stopped mid-way (last.pt but no summary.json) is resumed from its checkpoint.
-At the end the table is appended to BENCHMARKS.md.
+and one stopped mid-way (last.pt but no summary.json) is resumed from its checkpoint. Rows are
+keyed by run name (``--set name=...`` makes a new run of the same recipe; CSVs written before
+the ``run`` column are matched by recipe file). At the end the table is appended to
+BENCHMARKS.md (``--no-append``: printed only).
 
     python benchmarks/sweep.py configs/cpu/dense_resnet20_cifar10.yaml \\
         configs/cpu/static_*_resnet20_cifar10.yaml --csv benchmarks/results/static_cpu.csv
@@ -20,17 +22,18 @@ from _common import append_markdown, header
 
 from sparsetrain import load_config, train
 
-FIELDS = ["recipe", "model", "method", "budget", "score", "density", "itop", "seed", "epochs",
-          "test_acc", "test_loss", "flops_dense", "flops_sparse", "params_nonzero",
-          "images_per_s", "train_s", "wall_s", "git_commit"]
+FIELDS = ["recipe", "run", "model", "method", "budget", "score", "structure", "density", "itop",
+          "seed", "epochs", "test_acc", "test_loss", "flops_dense", "flops_sparse",
+          "params_nonzero", "images_per_s", "train_s", "wall_s", "git_commit"]
 
 
 def row(recipe: str, cfg, s: dict) -> dict:
     sp = cfg.sparsity
     static = sp.method == "static"
     return {
-        "recipe": recipe, "model": cfg.model.name, "method": sp.method,
+        "recipe": recipe, "run": cfg.name, "model": cfg.model.name, "method": sp.method,
         "budget": sp.budget if static else "", "score": sp.score if static else "",
+        "structure": sp.structure,
         "density": round(s.get("density", {}).get("global", 1.0), 5),
         "itop": round(s["density"]["itop"], 4) if "itop" in s.get("density", {}) else "",
         "seed": cfg.seed,
@@ -42,6 +45,11 @@ def row(recipe: str, cfg, s: dict) -> dict:
         "images_per_s": round(s["images_per_s"]), "train_s": round(s["train_s"]),
         "wall_s": round(s["wall_s"]), "git_commit": s.get("git_commit", ""),
     }
+
+
+def _key(r: dict) -> str:
+    """A CSV row's run name; rows of CSVs from before the ``run`` column by recipe file."""
+    return r.get("run") or f"recipe:{r['recipe']}"
 
 
 def _typed(r: dict) -> dict:
@@ -79,17 +87,18 @@ def main() -> None:
     previous = {}
     if Path(args.csv).is_file():  # rows of an earlier (perhaps stopped) sweep are kept
         with open(args.csv, newline="") as f:
-            previous = {r["recipe"]: r for r in csv.DictReader(f)}
+            previous = {_key(r): r for r in csv.DictReader(f)}
     rows = []
     for recipe in args.recipes:
         cfg = load_config(recipe, [*args.set, f"out_dir={args.out_dir}", "train.progress=false"])
         done = cfg.run_dir / "summary.json"
-        if args.table_only and Path(recipe).name not in previous:
-            print(f"{recipe}: not in {args.csv} yet", flush=True)
+        key = next((k for k in (cfg.name, f"recipe:{Path(recipe).name}") if k in previous), None)
+        if args.table_only and key is None:
+            print(f"{recipe} ({cfg.name}): not in {args.csv} yet", flush=True)
             continue
-        if Path(recipe).name in previous and (args.table_only or not done.is_file()):
-            rows.append(_typed(previous[Path(recipe).name]))
-            print(f"{recipe}: kept from {args.csv}", flush=True)
+        if key is not None and (args.table_only or not done.is_file()):
+            rows.append(_typed(previous[key]))
+            print(f"{recipe} ({cfg.name}): kept from {args.csv}", flush=True)
             continue
         if done.is_file():
             s = json.loads(done.read_text())
@@ -98,19 +107,20 @@ def main() -> None:
         rows.append(row(Path(recipe).name, cfg, s))
         print(f"{recipe}: top-1 {100 * s['final']['test_acc']:.2f}%", flush=True)
         _write(args.csv, rows + [r for k, r in previous.items()
-                                 if k not in {x["recipe"] for x in rows}])
-    lines = ["| recipe | budget | score | density | ITOP | top-1 | test loss | effective FLOPs | "
-             "nonzero params | train img/s | wall |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+                                 if k not in {_key(x) for x in rows}])
+    lines = ["| recipe | run | budget | score | density | ITOP | top-1 | test loss | "
+             "effective FLOPs | nonzero params | train img/s | wall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flops = (f"{r['flops_sparse'] / 1e6:.1f}M / {r['flops_dense'] / 1e6:.1f}M"
                  if r["flops_dense"] != "" else "")
         nz = f"{r['params_nonzero']:,}" if r["params_nonzero"] != "" else ""
         itop = f"{r['itop']:.3f}" if r["itop"] != "" else "—"
-        lines.append(f"| {r['recipe']} | {r['budget'] or '—'} | {r['score'] or '—'} | "
-                     f"{r['density']} | {itop} | {100 * r['test_acc']:.2f}% | {r['test_loss']} | "
-                     f"{flops} | "
-                     f"{nz} | {r['images_per_s']} | {r['wall_s'] / 60:.1f} min |")
+        nm = f" ({r['structure']})" if r["structure"] not in ("", "unstructured") else ""
+        lines.append(f"| {r['recipe']} | {r['run'] or '—'} | {r['budget'] or '—'} | "
+                     f"{r['score'] or '—'} | {r['density']}{nm} | {itop} | "
+                     f"{100 * r['test_acc']:.2f}% | {r['test_loss']} | {flops} | {nz} | "
+                     f"{r['images_per_s']} | {r['wall_s'] / 60:.1f} min |")
     text = "\n".join(lines)
     print(text)
     if not args.no_append:
