@@ -45,7 +45,12 @@ def main() -> None:
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--nm", default="2:4", help="N:M (default 2:4)")
     args = p.parse_args()
-    n, m = (int(v) for v in args.nm.split(":"))
+    try:
+        n, m = (int(v) for v in args.nm.split(":"))
+    except ValueError:
+        p.error(f"--nm {args.nm!r} is not of the form N:M, e.g. 2:4")
+    if not 0 < n < m:
+        p.error(f"--nm {args.nm}: need 0 < N < M")
     results = [check(c, n, m) for c in args.checkpoints]
     sys.exit(0 if all(results) else 1)
 

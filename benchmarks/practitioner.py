@@ -89,7 +89,10 @@ p.add_argument("overrides", nargs="*", metavar="key=value", help="for every flow
 
 def _cli(*argv: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sparsetrain", *argv], check=True)
+    rc = subprocess.run([sys.executable, "-m", "sparsetrain", *argv], check=False).returncode
+    if rc:  # the command has printed its own one-line error
+        print(f"error: `sparsetrain {argv[0]}` exited with {rc}", file=sys.stderr)
+        sys.exit(rc)
     return time.perf_counter() - t0
 
 
@@ -122,7 +125,11 @@ def _artifact_top1(artifact: Path, data: Path) -> float:
 def main() -> None:
     args = p.parse_args()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=False)  # never reuse a folder: it is the user's data
+    if work.exists():  # never reuse a folder: it is the user's data
+        p.error(f"--work {work} exists; give a new folder")
+    if not Path(args.weights).is_file():
+        p.error(f"--weights {args.weights}: no such file")
+    work.mkdir(parents=True)
     weights = work / "weights" / "dense.pth"
     weights.parent.mkdir()
     torch.save(foreign_state_dict(args.weights), weights)  # a bare state_dict
