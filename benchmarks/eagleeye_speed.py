@@ -10,8 +10,10 @@ BENCHMARKS.md).
   ``--candidates`` candidates (the old path scores the first ``--old-candidates`` of them);
   wall time includes starting the workers.
 * rank agreement: Spearman of each new run's adaptive-BN scores vs the old path's (common
-  candidates) and vs the new run with the most ABN batches (all candidates), and whether the
-  winner is the same candidate.
+  candidates) and vs the new run with the most ABN batches and scoring images (all
+  candidates), and whether the winner is the same candidate.
+* ``--holdout``: a comma-separated list of scoring-set sizes; every ``--abn`` count runs on
+  each (a grid), so one call measures how far both can shrink before the ranking changes.
 * ``--fold``: held-out scoring time of one candidate after adaptive BN with BN folded into
   the convolutions vs as is (same top-1 checked).
 
@@ -117,6 +119,10 @@ def _model_name(ckpt: dict[str, Any], cfg: Any) -> str:
     return str(model.get("name") or cfg.model.name)
 
 
+def _images(batches: list) -> int:
+    return sum(len(y) for _, y in batches)
+
+
 def _winner(scores: list[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
@@ -132,7 +138,9 @@ def main() -> None:
                    default=[EagleEyeOptions().abn_batches],
                    help="comma-separated ABN batch counts of the new path (default: the CLI's)")
     p.add_argument("--workers", type=int, help="new path (default: usable cores)")
-    p.add_argument("--holdout", type=int, help="scoring images (default: the CLI's)")
+    p.add_argument("--holdout", type=lambda t: [int(v) for v in t.split(",")], default=[None],
+                   help="comma-separated scoring-set sizes (default: the CLI's, i.e. the "
+                        "recipe's validation split)")
     p.add_argument("--fold", action="store_true", help="time BN folding for scoring")
     p.add_argument("--append", action="store_true", help="append the tables to BENCHMARKS.md")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -141,36 +149,42 @@ def main() -> None:
     cfg = load_config(resolve_recipe(args.config), ["train.precision=fp32", *args.overrides])
     ckpt = load_checkpoint(args.checkpoint)
     dense = load_model(ckpt, args.checkpoint).eval()
-    tb, hb = _data(cfg, max(args.old_abn, *args.abn), args.holdout)
+    holdouts = sorted(args.holdout, key=lambda h: -1 if h is None else -h)
+    n_abn_max = max(args.old_abn, *args.abn)
+    tb, hb = _data(cfg, n_abn_max, holdouts[0])
     groups = prunable_groups(dense)
     sampler = StrategySampler(MacsModel.build(dense, groups), seed=cfg.seed)
     n, n_old = args.candidates, min(args.old_candidates, args.candidates)
     workers = args.workers or default_workers(n)
     lines = [header("EagleEye search speed (issue 19)"),
-             f"{_model_name(ckpt, cfg)}, {sum(len(y) for _, y in hb)} scoring images, "
-             f"ABN batches of {len(tb[0][1])}, fp32; load average before: "
-             f"{os.getloadavg()[0]:.2f}\n",
-             "| path | candidates | processes x threads | ABN batches | vanilla | FlopCounter "
-             "| s/cand | cand/min | Spearman vs old | Spearman vs new, most ABN | same winner |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{_model_name(ckpt, cfg)}, ABN batches of {len(tb[0][1])}, fp32; load average "
+             f"before: {os.getloadavg()[0]:.2f}\n",
+             "| path | candidates | processes x threads | ABN batches | scoring images | vanilla "
+             "| FlopCounter | s/cand | cand/min | Spearman vs old | Spearman vs reference "
+             "| same winner |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     old = None
     if n_old:
         strategies = [sampler.sample(i) for i in range(n_old)]
         old, t = old_path(dense, groups, strategies, tb, hb, args.old_abn)
-        lines.append(f"| old | {n_old} | 1 x {torch.get_num_threads()} | {args.old_abn} | yes "
-                     f"| yes | {_rate(n_old, t)} | 1 | | |")
+        lines.append(f"| old | {n_old} | 1 x {torch.get_num_threads()} | {args.old_abn} "
+                     f"| {_images(hb)} | yes | yes | {_rate(n_old, t)} | 1 | | |")
     runs = {}
-    for c in sorted(args.abn, reverse=True):
-        runs[c] = new_path(dense, tb, hb, n, c, cfg.seed, args.workers)
-    ref = runs[max(runs)][0]
-    for c, (scores, t) in runs.items():
+    for h in holdouts:
+        hb_h = hb if h == holdouts[0] else _data(cfg, n_abn_max, h)[1]
+        for c in sorted(args.abn, reverse=True):
+            runs[(c, _images(hb_h))] = new_path(dense, tb, hb_h, n, c, cfg.seed, args.workers)
+    key_ref = max(runs)
+    ref = runs[key_ref][0]
+    for (c, imgs), (scores, t) in runs.items():
         vs_old = f"{spearman(old, scores[:n_old]):.4f}" if old else ""
         same = (_winner(old) == _winner(scores[:n_old])) if old else None
-        lines.append(f"| new | {n} | {workers} x 1 | {c} | no | no | {_rate(n, t)} | {vs_old} "
-                     f"| {spearman(scores, ref):.4f} | {'' if same is None else same} / "
-                     f"{_winner(scores) == _winner(ref)} |")
-    lines.append(f"\nload average after: {os.getloadavg()[0]:.2f}; same winner: vs old (on "
-                 f"its {n_old}) / vs the new run with {max(runs)} ABN batches")
+        lines.append(f"| new | {n} | {workers} x 1 | {c} | {imgs} | no | no | {_rate(n, t)} "
+                     f"| {vs_old} | {spearman(scores, ref):.4f} | "
+                     f"{'' if same is None else same} / {_winner(scores) == _winner(ref)} |")
+    lines.append(f"\nload average after: {os.getloadavg()[0]:.2f}; reference: the new run with "
+                 f"{key_ref[0]} ABN batches and {key_ref[1]} scoring images; same winner: vs old "
+                 f"(on its {n_old}) / vs the reference")
     if args.fold:
         lines += ["", *_fold(dense, groups, sampler.sample(0), tb, hb, max(args.abn))]
     text = "\n".join(lines)
