@@ -13,7 +13,8 @@ BENCHMARKS.md).
   candidates) and vs the new run with the most ABN batches and scoring images (all
   candidates), and whether the winner is the same candidate.
 * ``--holdout``: a comma-separated list of scoring-set sizes; every ``--abn`` count runs on
-  each (a grid), so one call measures how far both can shrink before the ranking changes.
+  each (a grid), so one call measures how far both can shrink before the ranking changes;
+  ``--pairs 50x5000,10x1000`` runs just those (ABN batches x scoring images) settings.
 * ``--fold``: held-out scoring time of one candidate after adaptive BN with BN folded into
   the convolutions vs as is (same top-1 checked).
 
@@ -119,6 +120,14 @@ def _model_name(ckpt: dict[str, Any], cfg: Any) -> str:
     return str(model.get("name") or cfg.model.name)
 
 
+def _pairs(text: str) -> list[tuple[int, int]]:
+    """``"50x5000,10x1000"`` -> [(50, 5000), (10, 1000)]."""
+    try:
+        return [(int(a), int(b)) for a, b in (t.split("x") for t in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ABNxIMAGES[,...], got {text!r}") from None
+
+
 def _images(batches: list) -> int:
     return sum(len(y) for _, y in batches)
 
@@ -141,6 +150,8 @@ def main() -> None:
     p.add_argument("--holdout", type=lambda t: [int(v) for v in t.split(",")], default=[None],
                    help="comma-separated scoring-set sizes (default: the CLI's, i.e. the "
                         "recipe's validation split)")
+    p.add_argument("--pairs", type=_pairs, help="ABNxIMAGES settings to run instead of the "
+                   "--abn x --holdout grid, e.g. 50x5000,10x1000")
     p.add_argument("--fold", action="store_true", help="time BN folding for scoring")
     p.add_argument("--append", action="store_true", help="append the tables to BENCHMARKS.md")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -149,8 +160,9 @@ def main() -> None:
     cfg = load_config(resolve_recipe(args.config), ["train.precision=fp32", *args.overrides])
     ckpt = load_checkpoint(args.checkpoint)
     dense = load_model(ckpt, args.checkpoint).eval()
-    holdouts = sorted(args.holdout, key=lambda h: -1 if h is None else -h)
-    n_abn_max = max(args.old_abn, *args.abn)
+    settings = args.pairs or [(c, h) for h in args.holdout for c in args.abn]
+    holdouts = sorted({h for _, h in settings}, key=lambda h: -1 if h is None else -h)
+    n_abn_max = max(args.old_abn, *(c for c, _ in settings))
     tb, hb = _data(cfg, n_abn_max, holdouts[0])
     groups = prunable_groups(dense)
     sampler = StrategySampler(MacsModel.build(dense, groups), seed=cfg.seed)
@@ -172,7 +184,7 @@ def main() -> None:
     runs = {}
     for h in holdouts:
         hb_h = hb if h == holdouts[0] else _data(cfg, n_abn_max, h)[1]
-        for c in sorted(args.abn, reverse=True):
+        for c in sorted({c for c, h2 in settings if h2 == h}, reverse=True):
             runs[(c, _images(hb_h))] = new_path(dense, tb, hb_h, n, c, cfg.seed, args.workers)
     key_ref = max(runs)
     ref = runs[key_ref][0]
@@ -186,7 +198,7 @@ def main() -> None:
                  f"{key_ref[0]} ABN batches and {key_ref[1]} scoring images; same winner: vs old "
                  f"(on its {n_old}) / vs the reference")
     if args.fold:
-        lines += ["", *_fold(dense, groups, sampler.sample(0), tb, hb, max(args.abn))]
+        lines += ["", *_fold(dense, groups, sampler.sample(0), tb, hb, max(runs)[0])]
     text = "\n".join(lines)
     print(text)
     if args.append:
