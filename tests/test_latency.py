@@ -129,6 +129,26 @@ def test_cache_measures_once_per_device_key(cache_dir):
     assert off.calls == first.calls
 
 
+def test_cache_key_tells_processors_with_the_same_name_apart(cache_dir, monkeypatch):
+    """Cloud VMs of different generations can share a model name ("AMD EPYC"): a table measured
+    on one must not be reused on the other."""
+    import sparsetrain.structured.latency as latency
+
+    dense = _resnet20()
+    groups = prunable_groups(dense)
+    monkeypatch.setattr(latency, "cpu_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(latency, "cpu_signature", lambda: "family/model/stepping 25/17/1, AVX512")
+    first = Counting()
+    LatencyModel.measure(dense, groups, batch=8, timer=first, dense_ms=100.0)
+    monkeypatch.setattr(latency, "cpu_signature", lambda: "family/model/stepping 26/2/0, AVX2")
+    other = Counting()
+    LatencyModel.measure(dense, groups, batch=8, timer=other, dense_ms=100.0)
+    assert first.calls > 0 and other.calls == first.calls
+    assert len(list((cache_dir / "latency").iterdir())) == 2
+    key = latency.device_key(torch.device("cpu"), "fp32", 8)
+    assert key["device"] == "cpu:AMD EPYC (family/model/stepping 26/2/0, AVX2)"
+
+
 def test_table_roundtrips_and_bad_tables_are_one_line_errors():
     dense = _resnet20()
     lm = LatencyModel.measure(dense, prunable_groups(dense), batch=8, timer=block_ms,

@@ -22,6 +22,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_signature() -> str:
+    """What tells two processors with the same model name apart (cloud VMs often report just
+    "AMD EPYC"): family/model/stepping from ``/proc/cpuinfo`` and the vector ISA torch
+    dispatches to (AVX2, AVX512, ...)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("cpu family", "model", "stepping") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
+                break
+    except OSError:
+        pass
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        isa = "unknown"
+    ids = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    return f"family/model/stepping {ids}, {isa}"
+
+
 def environment(device: torch.device | None = None) -> dict[str, str]:
     from sparsetrain import __version__
 
@@ -32,6 +55,8 @@ def environment(device: torch.device | None = None) -> dict[str, str]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_name": cpu_name(),
+        "cpu_signature": cpu_signature(),
         "threads": str(torch.get_num_threads()),
     }
     if device is not None and device.type == "cuda":

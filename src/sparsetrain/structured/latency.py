@@ -52,7 +52,7 @@ from sparsetrain.errors import UserError
 from sparsetrain.evaluate.cost import time_forward
 from sparsetrain.structured.groups import ChannelGroup
 from sparsetrain.structured.macs import RoundTo, kept_counts, layer_columns, round_steps
-from sparsetrain.utils import cpu_name
+from sparsetrain.utils import cpu_name, cpu_signature
 
 __all__ = [
     "GRID",
@@ -73,9 +73,11 @@ Timer = Callable[[dict[str, Any], int, int], float]
 
 
 def device_key(device: torch.device, precision: str, batch: int) -> dict[str, Any]:
-    """What a latency measurement depends on besides the layer: the processor, torch, threads,
+    """What a latency measurement depends on besides the layer: the processor (for a CPU its
+    name *and* signature, since VMs of different generations share names), torch, threads,
     precision, batch size and memory format."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{cpu_name()} ({cpu_signature()})")
     return {"device": f"{device.type}:{name}", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "precision": precision, "batch": int(batch),
             "memory_format": "channels_last"}
