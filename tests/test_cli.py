@@ -143,6 +143,18 @@ def test_every_option_has_help_and_every_command_an_example() -> None:
             assert a.help and a.help.strip(), f"{p.prog} {a.option_strings or a.dest}"
 
 
+def test_eagleeye_cli_defaults_are_the_library_defaults() -> None:
+    """The CLI's search defaults are EagleEyeOptions's (the adaptive-BN batch count is a
+    measured trade-off: one number, in one place)."""
+    from sparsetrain.structured.eagleeye import EagleEyeOptions
+
+    args = build_parser().parse_args(["prune", "eagleeye", "-c", "x.yaml"])
+    want = EagleEyeOptions()
+    for field in ("flops", "candidates", "r_min", "r_max", "tolerance", "abn_batches",
+                  "holdout", "importance"):
+        assert getattr(args, field) == getattr(want, field), field
+
+
 def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -425,8 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--r-max", type=_finite, default=0.7, help="largest per-group ratio")
     ee.add_argument("--tolerance", type=_finite, default=0.005,
                     help="accepted MACs band around the target (fraction)")
-    ee.add_argument("--abn-batches", type=_count(1), default=50,
-                    help="training batches that re-estimate BN statistics per candidate")
+    ee.add_argument("--abn-batches", type=_count(1), default=10,  # = EagleEyeOptions's
+                    help="training batches that re-estimate BN statistics per candidate "
+                         "(default 10: ranks candidates like 50 do, BENCHMARKS.md)")
     ee.add_argument("--holdout", type=int, metavar="N",
                     help="score candidates on N images: a stratified subset of the validation "
                          "split (default: all of it; without data.val_size, 1000 training "

@@ -56,7 +56,9 @@ class EagleEyeOptions:
     r_min: float = 0.0
     r_max: float = 0.7
     tolerance: float = 0.005
-    abn_batches: int = 50
+    # adaptive-BN batches per candidate. 10 ranks candidates like 50 on trained ResNet-20 and
+    # ResNet-56 (Spearman 0.999, same winner; BENCHMARKS.md, issue 19) at half the time
+    abn_batches: int = 10
     # images that score candidates: a stratified subset of the validation split (all of it
     # when None), or, without data.val_size, held out of the training set (1000 when None)
     holdout: int | None = None
