@@ -153,6 +153,10 @@ def test_eagleeye_cli_defaults_are_the_library_defaults() -> None:
     for field in ("flops", "candidates", "r_min", "r_max", "tolerance", "abn_batches",
                   "holdout", "importance"):
         assert getattr(args, field) == getattr(want, field), field
+    # the band: exact MACs are held to 0.5%, noisy latency timings to 2%, unless given
+    assert want.band() == 0.005
+    assert EagleEyeOptions(latency=0.5).band() == 0.02
+    assert EagleEyeOptions(latency=0.5, tolerance=0.04).band() == 0.04
 
 
 def test_version(capsys) -> None:

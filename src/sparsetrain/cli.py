@@ -168,11 +168,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise UserError(f"--flops must be a fraction in (0, 1), got {args.flops}")
     if not 0 <= args.r_min < args.r_max < 1:
         raise UserError(f"need 0 <= --r-min < --r-max < 1, got {args.r_min}, {args.r_max}")
-    if not 0 < args.tolerance < 1:
+    if args.tolerance is not None and not 0 < args.tolerance < 1:
         raise UserError(f"--tolerance must be a fraction in (0, 1), got {args.tolerance}")
     if args.latency is not None and not 0 < args.latency < 1:
         raise UserError(f"--latency must be a fraction in (0, 1), got {args.latency}")
-    if not args.tolerance <= args.latency_prefilter < 1:
+    band = EagleEyeOptions(latency=args.latency, tolerance=args.tolerance).band()
+    if not band <= args.latency_prefilter < 1:
         raise UserError(f"--latency-prefilter must be in [--tolerance, 1), got "
                         f"{args.latency_prefilter}")
     cfg = load_config(resolve_recipe(args.config), args.overrides)
@@ -423,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="candidates searched (default 100)")
     ee.add_argument("--r-min", type=_finite, default=0.0, help="smallest per-group ratio")
     ee.add_argument("--r-max", type=_finite, default=0.7, help="largest per-group ratio")
-    ee.add_argument("--tolerance", type=_finite, default=0.005,
-                    help="accepted MACs band around the target (fraction)")
+    ee.add_argument("--tolerance", type=_finite,
+                    help="accepted band around the target (fraction; default 0.005 of the "
+                         "MACs, or with --latency 0.02 of the measured latency)")
     ee.add_argument("--abn-batches", type=_count(1), default=10,  # = EagleEyeOptions's
                     help="training batches that re-estimate BN statistics per candidate "
                          "(default 10: ranks candidates like 50 do, BENCHMARKS.md)")
