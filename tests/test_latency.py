@@ -296,10 +296,11 @@ def test_sampler_keeps_only_strategies_measured_in_the_band():
     assert centers[0] == 0.5 and 0.5 - 0.14 <= sp.prefilter_center() <= 0.5 - 0.12
     assert sp.measured == len(seen)
     flip = iter(range(100))
-    for clock in (lambda r: 0.5 + 0.1 * (-1) ** next(flip), lambda r: float("nan")):
+    for clock, seen_text in ((lambda r: 0.5 + 0.1 * (-1) ** next(flip), "measured 0.400-0.600"),
+                             (lambda r: float("nan"), "no finite measurement")):
         never = StrategySampler(mm, 0.0, 0.7, 0.5, 0.02, seed=4, cost=lm, verify=clock,
                                 prefilter=0.2, max_measured=5)
-        with pytest.raises(UserError, match="5 strategies measured"):
+        with pytest.raises(UserError, match=f"5 strategies measured \\({seen_text}\\)"):
             never.sample(0)
     with pytest.raises(UserError, match="prefilter"):
         StrategySampler(mm, cost=lm, verify=clock, tolerance=0.05, prefilter=0.01)

@@ -354,8 +354,9 @@ def test_search_is_deterministic_and_resumable(tmp_path):
     assert resumed.best_vanilla["vanilla_score"] == max(r["vanilla_score"] for r in a)
     summary = json.loads((tmp_path / "fresh" / "search.json").read_text())
     assert summary["best"]["index"] == best["index"] and summary["dense"]["macs"] == dense
-    with pytest.raises(UserError, match="different settings"):
+    with pytest.raises(UserError, match="different settings") as e:
         eagleeye_search(m, train_b, held_b, tmp_path / "fresh", **{**kw, "seed": 4})
+    assert "seed 3 there, 4 now" in str(e.value)  # names what differs
 
 
 def test_search_candidates_reproduce_from_their_record(tmp_path):

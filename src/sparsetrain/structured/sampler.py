@@ -132,6 +132,7 @@ class StrategySampler:
         g = candidate_generator(self.seed, index)
         n_groups = len(self.model.names)
         tries = timed = 0
+        lats: list[float] = []  # this candidate's measured ratios (for the error message)
         while tries < self.max_tries:
             u = torch.rand(self.block, n_groups, generator=g, dtype=torch.float64)
             ratios = self.r_min + (self.r_max - self.r_min) * u
@@ -145,14 +146,19 @@ class StrategySampler:
                 lat = pred
                 if self.verify is not None:
                     if timed >= self.max_measured:
+                        finite = [v for v in lats if math.isfinite(v)]
+                        seen = (f"measured {min(finite):.3f}-{max(finite):.3f}" if finite
+                                else "no finite measurement")
                         raise UserError(
-                            f"candidate {index}: {timed} strategies measured, none within "
-                            f"{self.target}±{self.tolerance} of the dense latency: the table "
-                            "predicts poorly on this device; widen --tolerance or "
-                            "--latency-prefilter")
+                            f"candidate {index}: {timed} strategies measured ({seen}), none "
+                            f"within {self.target}±{self.tolerance} of the dense latency: the "
+                            "target may be out of reach with ratios up to --r-max, or the table "
+                            "predicts poorly on this device; widen --tolerance, "
+                            "--latency-prefilter or --r-max")
                     self.measured += 1
                     timed += 1
                     lat = float(self.verify(row))
+                    lats.append(lat)
                     if math.isfinite(lat):
                         self.offsets.append(lat - float(judged[j]))
                     if not abs(lat - self.target) <= self.tolerance:  # NaN is outside too

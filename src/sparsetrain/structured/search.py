@@ -199,10 +199,20 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         raise UserError(f"{path} is corrupt; delete it and candidates.jsonl to search again")\
             from None
     if old != settings:
-        diff = sorted(k for k in set(old or {}) | set(settings)
-                      if (old or {}).get(k) != settings.get(k))
-        raise UserError(f"{path.parent} holds a search with different settings ({diff}); use "
-                        "another output directory")
+        old = old or {}
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        shown = ", ".join(_was_now(k, old.get(k), settings.get(k)) for k in diff)
+        raise UserError(f"{path.parent} holds a search with different settings ({shown}); "
+                        "pass its values to resume it (defaults change: --abn-batches was 50 "
+                        "before 2026-12-04) or use another output directory")
+
+
+def _was_now(key: str, was: Any, now: Any) -> str:
+    """``abn_batches 50 there, 10 now`` for scalars; just the key for nested settings."""
+    scalar = (int, float, str, bool, type(None))
+    if isinstance(was, scalar) and isinstance(now, scalar):
+        return f"{key} {was!r} there, {now!r} now"
+    return key
 
 
 def eagleeye_search(
