@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -23,22 +23,16 @@ from _common import append_markdown, header
 from torch import nn
 
 from sparsetrain.checkpoint import load_checkpoint
-from sparsetrain.evaluate.cost import time_forward
+from sparsetrain.errors import UserError
 from sparsetrain.loading import load_model
+from sparsetrain.structured.latency import interleaved_medians
 from sparsetrain.structured.macs import macs_params
 
 
 def speedup(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, precision: str,
             repeats: int) -> tuple[float, float, float]:
     """(dense ms, pruned ms, dense / pruned) from interleaved single forwards."""
-    td, tp = [], []
-    for i in range(1 + repeats):
-        a = time_forward(dense, x, x.device, precision, 0, 1)
-        b = time_forward(pruned, x, x.device, precision, 0, 1)
-        if i:
-            td.append(a)
-            tp.append(b)
-    md, mp = statistics.median(td), statistics.median(tp)
+    md, mp = interleaved_medians(dense, pruned, x, precision, repeats)
     return 1000 * md, 1000 * mp, md / mp
 
 
@@ -51,7 +45,12 @@ def _test_acc(path: Path) -> str:
 
 
 def _model(path: Path) -> nn.Module:
-    m = load_model(load_checkpoint(path), path).eval()
+    """A checkpoint's model for timing; a missing or unreadable file is a one-line error."""
+    try:
+        m = load_model(load_checkpoint(path), path).eval()
+    except (UserError, OSError) as e:
+        print(f"pruned_speedup: error: {e}", file=sys.stderr)
+        sys.exit(2)
     return m.to(memory_format=torch.channels_last)
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "LatencyModel",
     "MeasuredLatency",
     "device_key",
+    "interleaved_medians",
     "measure_steps",
 ]
 
@@ -402,14 +403,23 @@ class MeasuredLatency:
         pruned = prune_model(self.dense, ratios, "l1", self.round_to, groups=self.groups)
         pruned = pruned.to(memory_format=torch.channels_last).eval()
         dense = copy.deepcopy(self.dense).to(memory_format=torch.channels_last).eval()
-        t_dense, t_pruned = [], []
-        for i in range(1 + self.repeats):
-            td = time_forward(dense, self.x, self.device, self.precision, 0, 1)
-            tp = time_forward(pruned, self.x, self.device, self.precision, 0, 1)
-            if i:
-                t_dense.append(td)
-                t_pruned.append(tp)
-        return statistics.median(t_pruned) / statistics.median(t_dense)
+        t_dense, t_pruned = interleaved_medians(dense, pruned, self.x, self.precision,
+                                                self.repeats)
+        return t_pruned / t_dense
+
+
+def interleaved_medians(a: nn.Module, b: nn.Module, x: torch.Tensor, precision: str,
+                        repeats: int) -> tuple[float, float]:
+    """Median seconds of one forward of ``a`` and of ``b`` on ``x``, timed in alternating
+    pairs (one warm-up pair, then ``repeats``), so a drift of the machine's speed hits both."""
+    t_a, t_b = [], []
+    for i in range(1 + repeats):
+        ta = time_forward(a, x, x.device, precision, 0, 1)
+        tb = time_forward(b, x, x.device, precision, 0, 1)
+        if i:
+            t_a.append(ta)
+            t_b.append(tb)
+    return statistics.median(t_a), statistics.median(t_b)
 
 
 def _bar(total: int, progress: bool) -> Any:
