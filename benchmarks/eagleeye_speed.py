@@ -1,20 +1,22 @@
 """EagleEye search speed (issue 19): the old search path and the new one, side by side, on the
-same candidates of a trained dense model, in fp32; prints a table (``--append``: also to
-BENCHMARKS.md).
+same candidates of a trained dense model; prints a table (``--append``: also to BENCHMARKS.md).
 
 * old path: the search before issue 19, reproduced here: one process with all of torch's
-  threads; per candidate a FlopCounter pass over the pruned model, a vanilla score (dense BN
-  statistics), adaptive BN on ``--old-abn`` batches and the adaptive-BN score.
+  threads, fp32; per candidate a FlopCounter pass over the pruned model, a vanilla score (dense
+  BN statistics), adaptive BN on ``--old-abn`` batches and the adaptive-BN score.
 * new path: ``eagleeye_search`` with its defaults (worker processes = usable cores, one thread
   each, no vanilla score, analytic MACs), once per ``--abn`` count of adaptive-BN batches, on
   ``--candidates`` candidates (the old path scores the first ``--old-candidates`` of them);
   wall time includes starting the workers.
 * rank agreement: Spearman of each new run's adaptive-BN scores vs the old path's (common
   candidates) and vs the new run with the most ABN batches and scoring images (all
-  candidates), and whether the winner is the same candidate.
+  candidates; the first ``--pairs`` setting when given), and whether the winner is the same
+  candidate.
 * ``--holdout``: a comma-separated list of scoring-set sizes; every ``--abn`` count runs on
   each (a grid), so one call measures how far both can shrink before the ranking changes;
-  ``--pairs 50x5000,10x1000`` runs just those (ABN batches x scoring images) settings.
+  ``--pairs 50x5000:fp32:nofold,10x1000`` runs just those settings: ABN batches x scoring
+  images, optionally a precision and whether BN is folded for scoring (default: ``--precision``,
+  i.e. the recipe's as the CLI resolves it, and the CLI's folding); the first is the reference.
 * ``--fold``: held-out scoring time of one candidate after adaptive BN with BN folded into
   the convolutions vs as is (same top-1 checked).
 
@@ -43,6 +45,7 @@ from sparsetrain.cli import resolve_recipe
 from sparsetrain.config import load_config
 from sparsetrain.export.plain import fold_batchnorm
 from sparsetrain.loading import load_model
+from sparsetrain.precision import resolve_precision
 from sparsetrain.structured import (
     MacsModel,
     StrategySampler,
@@ -96,12 +99,13 @@ def old_path(dense: nn.Module, groups: list, strategies: list, tb: list, hb: lis
 
 
 def new_path(dense: nn.Module, tb: list, hb: list, n: int, n_abn: int, seed: int,
-             workers: int | None) -> tuple[list[float], float]:
+             workers: int | None, precision: str, fold: bool) -> tuple[list[float], float]:
     """``eagleeye_search`` with its defaults; returns (ABN scores, seconds)."""
     with tempfile.TemporaryDirectory(prefix="ee_speed_") as out:
         t0 = time.perf_counter()
         res = eagleeye_search(dense, tb, hb, out, candidates=n, abn_batches=n_abn, seed=seed,
-                              workers=workers, progress=False)
+                              workers=workers, progress=False, precision=precision,
+                              fold_bn=fold)
         return [r["abn_score"] for r in res.candidates], time.perf_counter() - t0
 
 
@@ -120,12 +124,26 @@ def _model_name(ckpt: dict[str, Any], cfg: Any) -> str:
     return str(model.get("name") or cfg.model.name)
 
 
-def _pairs(text: str) -> list[tuple[int, int]]:
-    """``"50x5000,10x1000"`` -> [(50, 5000), (10, 1000)]."""
+Setting = tuple[int, int | None, str | None, bool | None]  # ABN, images, precision, fold
+
+
+def _pairs(text: str) -> list[Setting]:
+    """``"50x5000:fp32:nofold,10x1000"`` -> [(50, 5000, "fp32", False), (10, 1000, None, None)]
+    (None: the default)."""
+    out: list[Setting] = []
     try:
-        return [(int(a), int(b)) for a, b in (t.split("x") for t in text.split(","))]
+        for t in text.split(","):
+            size, *opts = t.split(":")
+            a, b = size.split("x")
+            prec = next((o for o in opts if o in ("fp32", "bf16")), None)
+            fold = {"fold": True, "nofold": False}.get(next((o for o in opts if "fold" in o), ""))
+            if len(opts) != (prec is not None) + (fold is not None):
+                raise ValueError(t)
+            out.append((int(a), int(b), prec, fold))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ABNxIMAGES[,...], got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected ABNxIMAGES[:fp32|bf16][:fold|nofold][,...], "
+                                         f"got {text!r}") from None
+    return out
 
 
 def _images(batches: list) -> int:
@@ -150,55 +168,66 @@ def main() -> None:
     p.add_argument("--holdout", type=lambda t: [int(v) for v in t.split(",")], default=[None],
                    help="comma-separated scoring-set sizes (default: the CLI's, i.e. the "
                         "recipe's validation split)")
-    p.add_argument("--pairs", type=_pairs, help="ABNxIMAGES settings to run instead of the "
-                   "--abn x --holdout grid, e.g. 50x5000,10x1000")
+    p.add_argument("--pairs", type=_pairs, help="settings to run instead of the --abn x "
+                   "--holdout grid, e.g. 50x5000:fp32:nofold,10x1000:bf16 (the first is the "
+                   "reference)")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="of the new path (default: the recipe's, as the CLI resolves it)")
+    p.add_argument("--no-fold-bn", action="store_true", help="new path: score unfolded")
     p.add_argument("--fold", action="store_true", help="time BN folding for scoring")
     p.add_argument("--append", action="store_true", help="append the tables to BENCHMARKS.md")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()
 
-    cfg = load_config(resolve_recipe(args.config), ["train.precision=fp32", *args.overrides])
+    cfg = load_config(resolve_recipe(args.config), args.overrides)
+    precision = args.precision or resolve_precision(cfg.train.precision, torch.device("cpu"))
+    fold = not args.no_fold_bn and EagleEyeOptions().fold_bn
     ckpt = load_checkpoint(args.checkpoint)
     dense = load_model(ckpt, args.checkpoint).eval()
-    settings = args.pairs or [(c, h) for h in args.holdout for c in args.abn]
-    holdouts = sorted({h for _, h in settings}, key=lambda h: -1 if h is None else -h)
-    n_abn_max = max(args.old_abn, *(c for c, _ in settings))
+    settings = [(c, h, pr or precision, fold if f is None else f) for c, h, pr, f in (
+        args.pairs or [(c, h, None, None) for h in args.holdout for c in args.abn])]
+    if not args.pairs:  # the grid: most ABN batches on the largest scoring set first
+        settings.sort(key=lambda st: (-1 if st[1] is None else -st[1], -st[0]))
+    holdouts = sorted({h for _, h, _, _ in settings}, key=lambda h: -1 if h is None else -h)
+    n_abn_max = max(args.old_abn, *(st[0] for st in settings))
     tb, hb = _data(cfg, n_abn_max, holdouts[0])
+    scoring = {holdouts[0]: hb}
+    for h in holdouts[1:]:
+        scoring[h] = _data(cfg, n_abn_max, h)[1]
     groups = prunable_groups(dense)
     sampler = StrategySampler(MacsModel.build(dense, groups), seed=cfg.seed)
     n, n_old = args.candidates, min(args.old_candidates, args.candidates)
     workers = args.workers or default_workers(n)
     lines = [header("EagleEye search speed (issue 19)"),
-             f"{_model_name(ckpt, cfg)}, ABN batches of {len(tb[0][1])}, fp32; load average "
+             f"{_model_name(ckpt, cfg)}, ABN batches of {len(tb[0][1])}; load average "
              f"before: {os.getloadavg()[0]:.2f}\n",
-             "| path | candidates | processes x threads | ABN batches | scoring images | vanilla "
-             "| FlopCounter | s/cand | cand/min | Spearman vs old | Spearman vs reference "
-             "| same winner |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| path | candidates | processes x threads | ABN batches | scoring images "
+             "| precision | BN folded | vanilla | FlopCounter | s/cand | cand/min "
+             "| Spearman vs old | Spearman vs reference | same winner |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     old = None
     if n_old:
         strategies = [sampler.sample(i) for i in range(n_old)]
         old, t = old_path(dense, groups, strategies, tb, hb, args.old_abn)
         lines.append(f"| old | {n_old} | 1 x {torch.get_num_threads()} | {args.old_abn} "
-                     f"| {_images(hb)} | yes | yes | {_rate(n_old, t)} | 1 | | |")
-    runs = {}
-    for h in holdouts:
-        hb_h = hb if h == holdouts[0] else _data(cfg, n_abn_max, h)[1]
-        for c in sorted({c for c, h2 in settings if h2 == h}, reverse=True):
-            runs[(c, _images(hb_h))] = new_path(dense, tb, hb_h, n, c, cfg.seed, args.workers)
-    key_ref = max(runs)
-    ref = runs[key_ref][0]
-    for (c, imgs), (scores, t) in runs.items():
+                     f"| {_images(hb)} | fp32 | no | yes | yes | {_rate(n_old, t)} | 1 | | |")
+    runs = [(st, new_path(dense, tb, scoring[st[1]], n, st[0], cfg.seed, args.workers,
+                          st[2], st[3])) for st in settings]
+    ref = runs[0][1][0]
+    for (c, h, prec, f), (scores, t) in runs:
         vs_old = f"{spearman(old, scores[:n_old]):.4f}" if old else ""
         same = (_winner(old) == _winner(scores[:n_old])) if old else None
-        lines.append(f"| new | {n} | {workers} x 1 | {c} | {imgs} | no | no | {_rate(n, t)} "
-                     f"| {vs_old} | {spearman(scores, ref):.4f} | "
+        lines.append(f"| new | {n} | {workers} x 1 | {c} | {_images(scoring[h])} | {prec} "
+                     f"| {'yes' if f else 'no'} | no | no | {_rate(n, t)} | {vs_old} "
+                     f"| {spearman(scores, ref):.4f} | "
                      f"{'' if same is None else same} / {_winner(scores) == _winner(ref)} |")
-    lines.append(f"\nload average after: {os.getloadavg()[0]:.2f}; reference: the new run with "
-                 f"{key_ref[0]} ABN batches and {key_ref[1]} scoring images; same winner: vs old "
-                 f"(on its {n_old}) / vs the reference")
+    c0, h0, p0, f0 = settings[0]
+    lines.append(f"\nload average after: {os.getloadavg()[0]:.2f}; reference: the first new run "
+                 f"({c0} ABN batches, {_images(scoring[h0])} scoring images, {p0}, BN "
+                 f"{'folded' if f0 else 'as is'}); same winner: vs old (on its {n_old}) / vs "
+                 "the reference")
     if args.fold:
-        lines += ["", *_fold(dense, groups, sampler.sample(0), tb, hb, max(runs)[0])]
+        lines += ["", *_fold(dense, groups, sampler.sample(0), tb, hb, settings[0][0])]
     text = "\n".join(lines)
     print(text)
     if args.append:

@@ -3,6 +3,7 @@ correlation statistics, save/load. Exact checks wherever the quantity is exact."
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -15,6 +16,7 @@ from sparsetrain.checkpoint import load_checkpoint, save_checkpoint
 from sparsetrain.config import validate
 from sparsetrain.data import make_synthetic
 from sparsetrain.errors import UserError
+from sparsetrain.export.plain import fold_batchnorm
 from sparsetrain.models import create_model
 from sparsetrain.models.flops import layer_flops
 from sparsetrain.rundir import RunDir
@@ -359,17 +361,50 @@ def test_search_is_deterministic_and_resumable(tmp_path):
     assert "seed 3 there, 4 now" in str(e.value)  # names what differs
 
 
-def test_search_candidates_reproduce_from_their_record(tmp_path):
+@pytest.mark.parametrize("fold", [True, False])
+def test_search_candidates_reproduce_from_their_record(tmp_path, fold):
+    """The adaptive-BN score is that of the pruned model after ABN, with its BNs folded into
+    the convolutions by default (in fp32 the same score as unfolded: the same function)."""
     m = _model("resnet20")
     train_b, held_b = _search_data()
     res = eagleeye_search(m, train_b, held_b, tmp_path, candidates=2, abn_batches=2,
-                          progress=False, vanilla=True)
+                          progress=False, vanilla=True, fold_bn=fold)
     rec = res.candidates[1]
     pruned = prune_model(m, rec["ratios"])
     assert macs_params(pruned) == (rec["macs"], rec["params"])
     assert top1(pruned, held_b) == rec["vanilla_score"]
     adaptive_bn(pruned, train_b, 2)
     assert top1(pruned, held_b) == rec["abn_score"]
+    folded, n = fold_batchnorm(copy.deepcopy(pruned))
+    assert n == sum(isinstance(x, nn.BatchNorm2d) for x in pruned.modules()) > 0
+    assert top1(folded, held_b) == rec["abn_score"]
+    settings = json.loads((tmp_path / "search.json").read_text())["settings"]
+    assert settings.get("fold_bn", False) is fold  # absent when off: older searches resume
+    with pytest.raises(UserError, match="fold_bn"):
+        eagleeye_search(m, train_b, held_b, tmp_path, candidates=2, abn_batches=2,
+                        progress=False, fold_bn=not fold)
+
+
+def test_search_scores_untraceable_models_unfolded():
+    """BN folding needs a torch.fx trace; a model with data-dependent control flow is scored
+    as it is (the same score, only slower)."""
+    from sparsetrain.structured.search import _folded
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    m = Branchy().eval()
+    assert _folded(m) is m
+    traceable = _model("resnet20").eval()
+    folded = _folded(copy.deepcopy(traceable))
+    assert not any(isinstance(x, nn.BatchNorm2d) for x in folded.modules())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(folded(x), traceable(x), rtol=1e-4, atol=1e-4)
 
 
 def test_search_scores_in_the_training_precision(tmp_path):
@@ -387,7 +422,7 @@ def test_search_scores_in_the_training_precision(tmp_path):
     with autocast(cpu, "bf16"):
         assert top1(pruned, held_b) == rec["vanilla_score"]
         adaptive_bn(pruned, train_b, 2)
-        assert top1(pruned, held_b) == rec["abn_score"]
+        assert top1(fold_batchnorm(pruned)[0], held_b) == rec["abn_score"]
     assert json.loads((tmp_path / "search.json").read_text())["settings"]["precision"] == "bf16"
     with pytest.raises(UserError, match="precision"):
         eagleeye_search(m, train_b, held_b, tmp_path, precision="fp32", **kw)

@@ -50,8 +50,17 @@ def plain_model(model: nn.Module) -> nn.Module:
     return model
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, with the oneDNN guard's convolution kept as one (foldable) module."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return type(m) is SubsampledPointwiseConv2d or super().is_leaf_module(
+            m, module_qualified_name)
+
+
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (any(type(conv) is c and type(bn) is b for c, b in _PAIRS)
+    kind = nn.Conv2d if type(conv) is SubsampledPointwiseConv2d else type(conv)
+    return (any(kind is c and type(bn) is b for c, b in _PAIRS)
             and bn.running_mean is not None and bn.running_var is not None
             and conv.out_channels == bn.num_features)
 
@@ -75,7 +84,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     ``model``'s submodules (the folded convs are changed in place), so use only the result.
     A conv whose output has other users, or a module called more than once, is left alone."""
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as e:  # fx raises many types for data-dependent control flow
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"--fold-bn: cannot trace {type(model).__name__} with torch.fx "

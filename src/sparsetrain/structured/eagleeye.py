@@ -91,6 +91,9 @@ class EagleEyeOptions:
     # fine-tuning) and by the correlation study, the only readers of that score
     vanilla: bool = False
     workers: int | None = None  # processes scoring candidates (None: usable cores)
+    # score each candidate with its BNs folded into the convs after adaptive BN (same
+    # function, faster; BENCHMARKS.md, issue 19). False: as searches before 2026-12-04 did
+    fold_bn: bool = True
 
     def band(self) -> float:
         """The accepted band around the target (``tolerance``, or its default for the target)."""
@@ -211,7 +214,8 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
                           round_to=steps, progress=cfg.train.progress, precision=precision,
                           vanilla=o.needs_vanilla(), workers=o.workers,
                           latency=table if o.latency is not None else None,
-                          verify_latency=o.latency_check, latency_prefilter=o.latency_prefilter)
+                          verify_latency=o.latency_check, latency_prefilter=o.latency_prefilter,
+                          fold_bn=o.fold_bn)
     info = _search_info(res)
     if o.correlate:
         short = cfg.model_copy(update={"train": cfg.train.model_copy(update={

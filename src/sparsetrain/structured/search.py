@@ -6,8 +6,11 @@ For candidate ``i = 0, 1, ...``: draw a strategy inside the FLOPs band
 re-estimate BN statistics on training batches (adaptive BN) and score top-1 on a held-out split
 of the *training* set. With ``vanilla=True`` the pruned model is also scored before adaptive BN,
 with the dense BN statistics ("vanilla"): only the random-strategy baseline and the correlation
-study read that score, so it is not computed otherwise. Every candidate is one line of
-``out_dir/candidates.jsonl``::
+study read that score, so it is not computed otherwise. With ``fold_bn`` (the default) the
+adaptive-BN score is computed after folding each conv -> BN pair into the conv: the same
+function, fewer memory-bound ops (in fp32 the scores agree; in bf16 the rounding differs,
+BENCHMARKS.md, issue 19). A model ``torch.fx`` cannot trace is scored unfolded. Every candidate
+is one line of ``out_dir/candidates.jsonl``::
 
     {"index", "ratios": {group: r}, "macs", "params", "macs_ratio", "tries",
      ["vanilla_score",] "abn_score", "time_s"}
@@ -52,6 +55,7 @@ from tqdm import tqdm
 from sparsetrain.checkpoint import atomic_write_bytes, write_json
 from sparsetrain.data import DeviceLoader, ImageArrays, train_val_split
 from sparsetrain.errors import UserError
+from sparsetrain.export.plain import fold_batchnorm
 from sparsetrain.precision import autocast
 from sparsetrain.structured.adaptive_bn import adaptive_bn
 from sparsetrain.structured.groups import ChannelGroup, prunable_groups, prune_model
@@ -203,8 +207,9 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         shown = ", ".join(_was_now(k, old.get(k), settings.get(k)) for k in diff)
         raise UserError(f"{path.parent} holds a search with different settings ({shown}); "
-                        "pass its values to resume it (defaults change: --abn-batches was 50 "
-                        "before 2026-12-04) or use another output directory")
+                        "pass its values to resume it (defaults changed on 2026-12-04: "
+                        "--abn-batches was 50, BN was not folded for scoring: --no-fold-bn) "
+                        "or use another output directory")
 
 
 def _was_now(key: str, was: Any, now: Any) -> str:
@@ -237,6 +242,7 @@ def eagleeye_search(
     latency: LatencyModel | None = None,
     verify_latency: bool = True,
     latency_prefilter: float = 0.15,
+    fold_bn: bool = True,
 ) -> SearchResult:
     """Run (or continue) the search until ``out_dir/candidates.jsonl`` holds ``candidates``
     lines; ``train_batches`` feed adaptive BN, ``holdout`` (test-time transforms, part of the
@@ -247,7 +253,9 @@ def eagleeye_search(
     constrains the predicted latency ratio instead of the MACs ratio, and channel counts are
     snapped to the table's steps (``round_to`` must be None or those steps); with
     ``verify_latency`` the prediction pre-selects strategies within ``latency_prefilter`` and
-    each candidate's latency is measured (:class:`MeasuredLatency`) into the band."""
+    each candidate's latency is measured (:class:`MeasuredLatency`) into the band. ``fold_bn``
+    scores the adaptive-BN model with its BNs folded into the convolutions (faster, same
+    function)."""
     if candidates < 1:
         raise UserError(f"need at least one candidate, got {candidates}")
     device = next(dense_model.parameters()).device
@@ -264,7 +272,8 @@ def eagleeye_search(
                        abn_batches=abn_batches, seed=seed, importance=importance,
                        round_to=round_to, precision=precision, progress=progress,
                        vanilla=vanilla, workers=n_workers, latency=latency,
-                       verify_latency=verify_latency, latency_prefilter=latency_prefilter)
+                       verify_latency=verify_latency, latency_prefilter=latency_prefilter,
+                       fold_bn=fold_bn)
     finally:
         dense_model.train(was_training)
 
@@ -274,7 +283,7 @@ def _search(
     *, flops_target: float, candidates: int, r_min: float, r_max: float, tolerance: float,
     abn_batches: int, seed: int, importance: str, round_to: RoundTo, precision: str,
     progress: bool, vanilla: bool, workers: int, latency: LatencyModel | None,
-    verify_latency: bool, latency_prefilter: float,
+    verify_latency: bool, latency_prefilter: float, fold_bn: bool,
 ) -> SearchResult:
     groups = prunable_groups(dense_model)
     if latency is not None:
@@ -293,6 +302,8 @@ def _search(
                          r_max=r_max, tolerance=tolerance, abn_batches=abn_batches, seed=seed,
                          importance=importance, round_to=round_to, precision=precision,
                          holdout=_fingerprint(holdout))
+    if fold_bn:  # absent when off, so that searches from before the option resume with it off
+        settings["fold_bn"] = True
     if latency is not None:  # the band is on this table's predictions (or measurements)
         settings["latency"] = {"table": latency.digest(), **latency.key,
                                "measured": verify is not None,
@@ -307,7 +318,7 @@ def _search(
     with autocast(next(dense_model.parameters()).device, precision):
         dense_score = top1(dense_model, holdout)
     scorer = _Scorer(dense_model, train_batches, holdout, abn_batches, importance, round_to,
-                     seed, precision, groups)
+                     seed, precision, groups, fold_bn)
     n_old = _add_vanilla(path, done, sampler, scorer, workers, progress) if vanilla else 0
     bar = tqdm(total=candidates, initial=len(done), unit="cand", disable=not progress,
                desc="eagleeye", dynamic_ncols=True)
@@ -404,6 +415,7 @@ class _Scorer:
     seed: int
     precision: str
     groups: list[ChannelGroup] | None = None
+    fold_bn: bool = False
 
     def __getstate__(self) -> dict[str, Any]:
         # pickling a parameter drops its .grad: ship the gradients the taylor importance reads
@@ -438,9 +450,19 @@ class _Scorer:
                 rec["vanilla_score"] = top1(pruned, self.holdout)
             if abn:
                 adaptive_bn(pruned, self.train_batches, self.abn_batches)
-                rec["abn_score"] = top1(pruned, self.holdout)
+                rec["abn_score"] = top1(_folded(pruned) if self.fold_bn else pruned,
+                                        self.holdout)
         rec["time_s"] = time.perf_counter() - t0
         return rec
+
+
+def _folded(model: nn.Module) -> nn.Module:
+    """``model`` (eval mode; its convs are changed in place) with BN folded into the convs, or
+    ``model`` itself where ``torch.fx`` cannot trace it."""
+    try:
+        return fold_batchnorm(model.eval())[0]
+    except UserError:
+        return model
 
 
 _Task = tuple[Strategy, bool, bool]  # strategy, vanilla score?, adaptive-BN score?
