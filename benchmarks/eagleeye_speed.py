@@ -184,7 +184,8 @@ def main() -> None:
     fold = not args.no_fold_bn and EagleEyeOptions().fold_bn
     ckpt = load_checkpoint(args.checkpoint)
     dense = load_model(ckpt, args.checkpoint).eval()
-    settings = [(c, h, pr or precision, fold if f is None else f) for c, h, pr, f in (
+    settings = [(c, h, pr or precision, (fold if f is None else f) and (pr or precision) != "bf16")
+                for c, h, pr, f in (  # the search folds BN only in fp32
         args.pairs or [(c, h, None, None) for h in args.holdout for c in args.abn])]
     if not args.pairs:  # the grid: most ABN batches on the largest scoring set first
         settings.sort(key=lambda st: (-1 if st[1] is None else -st[1], -st[0]))

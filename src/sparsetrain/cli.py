@@ -191,7 +191,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                            latency_calibrate=args.latency_calibrate, baselines=baselines,
                            finetune=not args.no_finetune, winner=not args.no_winner,
                            correlate=args.correlate, vanilla=args.vanilla_score,
-                           workers=args.workers, fold_bn=not args.no_fold_bn)
+                           workers=args.workers, fold_bn=not args.no_fold_bn,
+                           from_search=args.from_search)
     s = run_eagleeye(cfg, args.checkpoint, opts, resume=args.resume)
     if "structured" not in s and s.get("baselines"):  # --no-winner
         print("EagleEye baselines: " + ", ".join(
@@ -463,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(deterministic, but the table can be off on some CPUs)")
     ee.add_argument("--correlate", type=_count(0), default=0, metavar="K",
                     help="fine-tune K candidates briefly and correlate scores with accuracy")
+    ee.add_argument("--from-search", metavar="RUN",
+                    help="reuse the finished search of EagleEye run RUN (copied, not changed; "
+                         "same search settings): fine-tune its winner with this recipe, e.g. "
+                         "longer, without scoring candidates again")
     ee.add_argument("--no-fold-bn", action="store_true",
                     help="score candidates with their BN layers as they are (default: folded "
                          "into the convolutions after adaptive BN: same function, faster; "

@@ -12,6 +12,11 @@ Run directory ``cfg.run_dir`` (every stage resumes; a finished stage is skipped)
                                      --holdout takes only part of the split)
     latency_table.json               with --latency or --round-to auto: the measured latency
                                      table the search sampled with (a resume reuses it)
+
+``from_search`` (``--from-search RUN``) starts a new run from the finished search of another
+EagleEye run: its ``search.json``, ``candidates.jsonl`` and ``latency_table.json`` are copied
+(never changed there) and the search resumes from them, so it must have this call's settings;
+the winner is then fine-tuned with this recipe (e.g. longer) without scoring a candidate again.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from sparsetrain.checkpoint import write_json
+from sparsetrain.checkpoint import atomic_write_bytes, write_json
 from sparsetrain.config import RunConfig
 from sparsetrain.errors import UserError
 from sparsetrain.precision import resolve_device, resolve_precision
@@ -91,6 +96,7 @@ class EagleEyeOptions:
     # fine-tuning) and by the correlation study, the only readers of that score
     vanilla: bool = False
     workers: int | None = None  # processes scoring candidates (None: usable cores)
+    from_search: str | None = None  # a finished EagleEye run whose search this run reuses
     # score each candidate with its BNs folded into the convs after adaptive BN (same
     # function, faster; BENCHMARKS.md, issue 19). False: as searches before 2026-12-04 did
     fold_bn: bool = True
@@ -198,24 +204,32 @@ def _run(cfg: RunConfig, dense: nn.Module, ckpt: dict[str, Any], checkpoint: str
     dev = resolve_device(cfg.train.device)  # the search runs where training runs
     dense = dense.to(dev)
     precision = resolve_precision(cfg.train.precision, dev)
-    table = _latency_table(dense, cfg.run_dir, o, precision, cfg.train.progress)
-    steps = (table.step_of() or None) if table is not None else o.round_to
-    fmt = dict(device=dev, channels_last=cfg.train.channels_last)
-    tb = abn_batches(rest, mean, std, n=o.abn_batches, batch_size=d.batch_size, seed=cfg.seed,
-                     pad=d.pad, padding_mode=d.padding_mode, **fmt)
-    hb = eval_batches(scoring, mean, std, batch_size=d.eval_batch_size, **fmt)
-    if o.importance == "taylor":  # |w * dL/dw| per filter, gradients of the ABN batches
-        accumulate_gradients(dense, tb)
-    run_dir = cfg.run_dir
-    target = o.flops if o.latency is None else o.latency
-    res = eagleeye_search(dense, tb, hb, run_dir, flops_target=target, candidates=o.candidates,
-                          r_min=o.r_min, r_max=o.r_max, tolerance=o.band(),
-                          abn_batches=o.abn_batches, seed=cfg.seed, importance=o.importance,
-                          round_to=steps, progress=cfg.train.progress, precision=precision,
-                          vanilla=o.needs_vanilla(), workers=o.workers,
-                          latency=table if o.latency is not None else None,
-                          verify_latency=o.latency_check, latency_prefilter=o.latency_prefilter,
-                          fold_bn=o.fold_bn)
+    copied = _copy_search(Path(o.from_search), cfg.run_dir) if o.from_search else []
+    try:  # with --from-search, a failure here removes the copied search (then the run)
+        table = _latency_table(dense, cfg.run_dir, o, precision, cfg.train.progress)
+        steps = (table.step_of() or None) if table is not None else o.round_to
+        fmt = dict(device=dev, channels_last=cfg.train.channels_last)
+        tb = abn_batches(rest, mean, std, n=o.abn_batches, batch_size=d.batch_size,
+                         seed=cfg.seed, pad=d.pad, padding_mode=d.padding_mode, **fmt)
+        hb = eval_batches(scoring, mean, std, batch_size=d.eval_batch_size, **fmt)
+        if o.importance == "taylor":  # |w * dL/dw| per filter, gradients of the ABN batches
+            accumulate_gradients(dense, tb)
+        run_dir = cfg.run_dir
+        target = o.flops if o.latency is None else o.latency
+        res = eagleeye_search(
+            dense, tb, hb, run_dir, flops_target=target, candidates=o.candidates,
+            r_min=o.r_min, r_max=o.r_max, tolerance=o.band(), abn_batches=o.abn_batches,
+            seed=cfg.seed, importance=o.importance, round_to=steps,
+            progress=cfg.train.progress, precision=precision, vanilla=o.needs_vanilla(),
+            workers=o.workers, latency=table if o.latency is not None else None,
+            verify_latency=o.latency_check, latency_prefilter=o.latency_prefilter,
+            fold_bn=o.fold_bn)
+    except UserError as e:
+        if o.from_search is None:
+            raise
+        for path in copied:  # not this run's search after all: leave nothing to resume
+            path.unlink(missing_ok=True)
+        raise UserError(f"--from-search {o.from_search}: {e}") from None
     info = _search_info(res)
     if o.correlate:
         short = cfg.model_copy(update={"train": cfg.train.model_copy(update={
@@ -311,6 +325,34 @@ def _latency_table(dense: nn.Module, run_dir: Path, o: EagleEyeOptions, precisio
                                 seed=0, r_max=o.r_max)
     write_json(table.to_json(), path)
     return table
+
+
+_SEARCH_FILES = ("search.json", "candidates.jsonl", "latency_table.json")
+
+
+def _copy_search(src: Path, run_dir: Path) -> list[Path]:
+    """Copy the finished search of the EagleEye run ``src`` into ``run_dir`` (a run this
+    command is creating or resuming); nothing is written in ``src``. A resumed run that
+    already holds a search keeps it. Returns the files written."""
+    if src.resolve() == run_dir.resolve():
+        raise UserError(f"--from-search {src} is this run; give another EagleEye run")
+    if (run_dir / "search.json").is_file():
+        return []
+    try:
+        info = json.loads((src / "search.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"--from-search {src}: no readable search.json (not an EagleEye run, "
+                        "or its search did not finish)") from None
+    if not isinstance(info, dict) or "best" not in info or not (
+            src / "candidates.jsonl").is_file():
+        raise UserError(f"--from-search {src}: its search did not finish; resume it first")
+    copied = []
+    for name in _SEARCH_FILES:
+        if (src / name).is_file():
+            data = (src / name).read_bytes()
+            atomic_write_bytes(run_dir / name, lambda f, d=data: f.write(d))
+            copied.append(run_dir / name)
+    return copied
 
 
 def _search_info(res: SearchResult) -> dict[str, Any]:
