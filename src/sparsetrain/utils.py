@@ -11,32 +11,31 @@ import numpy
 import torch
 
 
-def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip() and fields:
+                break
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_signature() -> str:
     """What tells two processors with the same model name apart (cloud VMs often report just
     "AMD EPYC"): family/model/stepping from ``/proc/cpuinfo`` and the vector ISA torch
     dispatches to (AVX2, AVX512, ...)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("cpu family", "model", "stepping") and key not in fields:
-                fields[key] = value.strip()
-            if not line.strip() and fields:
-                break
-    except OSError:
-        pass
+    fields = _cpuinfo()
     try:
         isa = torch.backends.cpu.get_cpu_capability()
     except (AttributeError, RuntimeError):
