@@ -125,6 +125,18 @@ def test_prune_eagleeye_search_only(tmp_path: Path, capsys) -> None:
     assert "EagleEye search: 2 candidates, best adaptive-BN score" in out
     run_dir = Path(out.strip().rsplit("run dir ", 1)[1])
     assert len((run_dir / "candidates.jsonl").read_text().splitlines()) == 2
+    best = out.split("best adaptive-BN score ", 1)[1].split(";")[0]
+    # --from-search: another run reuses the finished search; a bad source is a one-line error
+    for source, fragment in ((tmp_path / "nothing", "no readable search.json"),
+                             (run_dir, "abn_batches 1 there, 2 now")):
+        assert main([*args[:-3], "--abn-batches", "2", "--no-finetune", "--from-search",
+                     str(source), "name=again"]) == 2
+        assert fragment in _err_line(capsys)
+        assert not (run_dir.parent / "again").exists()
+    assert main([*args, "--from-search", str(run_dir), "name=again"]) == 0
+    assert f"best adaptive-BN score {best};" in capsys.readouterr().out
+    assert (run_dir.parent / "again" / "candidates.jsonl").read_bytes() == (
+        run_dir / "candidates.jsonl").read_bytes()
 
 
 def _parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
