@@ -56,7 +56,6 @@ from tqdm import tqdm
 from sparsetrain.checkpoint import atomic_write_bytes, write_json
 from sparsetrain.data import DeviceLoader, ImageArrays, train_val_split
 from sparsetrain.errors import UserError
-from sparsetrain.export.plain import fold_batchnorm
 from sparsetrain.precision import autocast
 from sparsetrain.structured.adaptive_bn import adaptive_bn
 from sparsetrain.structured.groups import ChannelGroup, prunable_groups, prune_model
@@ -464,6 +463,8 @@ class _Scorer:
 def _folded(model: nn.Module) -> nn.Module:
     """``model`` (eval mode; its convs are changed in place) with BN folded into the convs, or
     ``model`` itself where ``torch.fx`` cannot trace it."""
+    from sparsetrain.export.plain import fold_batchnorm  # export imports loading imports this
+
     try:
         return fold_batchnorm(model.eval())[0]
     except UserError:
