@@ -547,14 +547,19 @@ def test_run_eagleeye_scores_on_a_stratified_part_of_the_validation_split(tmp_pa
                      resume=True)
 
 
-def test_run_eagleeye_baselines_in_a_separate_call(tmp_path):
-    """--no-winner trains chosen baselines alone; a later full call reuses them."""
+def _dense_checkpoint(tmp_path):
+    """A one-step tiny recipe and an untrained dense ResNet-20 saved as ``tmp_path/dense.pt``."""
     cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
                                train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
-    dense = create_model("resnet20")
     save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
-                     "model": dense.state_dict(), "classes": [f"class{k}" for k in range(10)]},
-                    tmp_path / "dense.pt")
+                     "model": create_model("resnet20").state_dict(),
+                     "classes": [f"class{k}" for k in range(10)]}, tmp_path / "dense.pt")
+    return cfg
+
+
+def test_run_eagleeye_baselines_in_a_separate_call(tmp_path):
+    """--no-winner trains chosen baselines alone; a later full call reuses them."""
+    cfg = _dense_checkpoint(tmp_path)
     kw = dict(candidates=2, abn_batches=1, holdout=64)
     with pytest.raises(UserError, match="unknown EagleEye baseline"):
         run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(baselines=("l2",), **kw))
@@ -587,12 +592,7 @@ def test_run_eagleeye_from_search_reuses_another_runs_search(tmp_path):
     """--from-search: a new run fine-tunes the winner of another run's finished search (copied,
     not re-scored; the source is not written); different settings, an unfinished search or the
     run itself are one-line errors that leave no new run behind."""
-    cfg = validate(tiny_config(tmp_path, data={"path": "synthetic:192:64"},
-                               train={"epochs": 1, "max_steps": 1, "warmup_epochs": 0}))
-    dense = create_model("resnet20")
-    save_checkpoint({"format": 1, "config": cfg.model_dump(mode="json"),
-                     "model": dense.state_dict(), "classes": [f"class{k}" for k in range(10)]},
-                    tmp_path / "dense.pt")
+    cfg = _dense_checkpoint(tmp_path)
     kw = dict(candidates=3, abn_batches=1, holdout=64, baselines=())
     run_eagleeye(cfg, tmp_path / "dense.pt", EagleEyeOptions(finetune=False, **kw))
     src = cfg.run_dir
