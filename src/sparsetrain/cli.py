@@ -469,9 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "same search settings): fine-tune its winner with this recipe, e.g. "
                          "longer, without scoring candidates again")
     ee.add_argument("--no-fold-bn", action="store_true",
-                    help="score candidates with their BN layers as they are (default: folded "
-                         "into the convolutions after adaptive BN: same function, faster; "
-                         "searches before 2026-12-04 resume only with this flag)")
+                    help="score candidates with their BN layers as they are (default in fp32: "
+                         "folded into the convolutions after adaptive BN, the same function "
+                         "and ranking, faster; bf16 always scores unfolded). fp32 searches "
+                         "from before 2026-12-04 resume only with this flag")
     ee.add_argument("--workers", type=_count(1), metavar="N",
                     help="processes scoring candidates, one thread each (default: usable "
                          "cores, at most --candidates; results do not depend on N)")

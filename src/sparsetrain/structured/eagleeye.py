@@ -98,7 +98,8 @@ class EagleEyeOptions:
     workers: int | None = None  # processes scoring candidates (None: usable cores)
     from_search: str | None = None  # a finished EagleEye run whose search this run reuses
     # score each candidate with its BNs folded into the convs after adaptive BN (same
-    # function, faster; BENCHMARKS.md, issue 19). False: as searches before 2026-12-04 did
+    # function and ranking, faster; fp32 only, bf16 scores unfolded: BENCHMARKS.md, issue 19).
+    # False: as fp32 searches before 2026-12-04 did
     fold_bn: bool = True
 
     def band(self) -> float:
@@ -327,7 +328,9 @@ def _latency_table(dense: nn.Module, run_dir: Path, o: EagleEyeOptions, precisio
     return table
 
 
-_SEARCH_FILES = ("search.json", "candidates.jsonl", "latency_table.json")
+# search.json last: a copy killed half-way is redone by --resume (it copies while search.json
+# is missing)
+_SEARCH_FILES = ("candidates.jsonl", "latency_table.json", "search.json")
 
 
 def _copy_search(src: Path, run_dir: Path) -> list[Path]:
