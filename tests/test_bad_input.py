@@ -107,6 +107,20 @@ def _bad_marker(w: Path) -> None:
     (w / "runs/done/.sparsetrain-run.json").write_text("{broken")
 
 
+def _unfinished_search(w: Path) -> None:
+    (w / "half").mkdir()
+    (w / "half" / "search.json").write_text('{"settings": {}}')
+
+
+def _finished_search(w: Path) -> None:
+    cwd = Path.cwd()
+    os.chdir(w)
+    try:
+        assert main([*EE, "--no-finetune", "name=s"]) == 0
+    finally:
+        os.chdir(cwd)
+
+
 T, R = ["train", "-c", "recipe.yaml"], ["train", "--resume", "runs/done"]
 E, L = ["eval"], ["bench", "latency"]
 ONE = ["oneshot", "-c", "recipe.yaml", "--checkpoint", "runs/done/last.pt"]
@@ -272,6 +286,15 @@ CASES: list[tuple[str, list[str], str, Prep | None]] = [
     ("eagleeye-other-model", ["prune", "eagleeye", "-c", "recipe.yaml", "--checkpoint",
                               "r32.pt", "name=e"], "not the checkpoint's", None),
     ("eagleeye-resume-train-run", [*EE, "--resume"], "made by `sparsetrain train`", None),
+    ("eagleeye-from-search-empty", [*EE, "--from-search", "empty", "name=e"],
+     "no readable search.json", None),
+    ("eagleeye-from-search-train-run", [*EE, "--from-search", "runs/done", "name=e"],
+     "no readable search.json", None),
+    ("eagleeye-from-search-unfinished", [*EE, "--from-search", "half", "name=e"],
+     "did not finish", _unfinished_search),
+    ("eagleeye-from-search-other-settings", [*EE, "--from-search", "runs/s", "--flops", "0.4",
+                                             "name=e"], "flops_target 0.5 there, 0.4 now",
+     _finished_search),
     # -- report ---------------------------------------------------------------------------
     ("report-over-checkpoint", [*REP, "--out", "runs/done/last.pt"], "inside the run folder",
      None),
