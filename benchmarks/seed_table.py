@@ -1,0 +1,114 @@
+"""Methods x sparsity over seeds: mean ± half-range of final top-1 from sweep CSVs.
+
+    python benchmarks/seed_table.py benchmarks/results/v2_table_s0.csv \\
+        benchmarks/results/v2_table_s1.csv --seeds 2 --no-append
+
+Rows of all CSVs are pooled and grouped by method (the recipe file without its model/data
+suffix and ``_v2``) and sparsity; each cell is ``mean ± half-range`` over the seeds found, with
+the per-seed values after it. A cell with fewer seeds than ``--seeds`` says how many it has, so
+a table of unfinished sweeps cannot pass for a finished one. The dense row is repeated under
+every sparsity. A (method, sparsity, seed) found twice is an error (two CSVs disagree on which
+run counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from _common import append_markdown, header
+
+LABELS = {
+    "dense": "dense",
+    "static_erk": "static ERK (random)",
+    "set": "SET",
+    "rigl": "RigL",
+    "gmp": "GMP",
+    "granet": "GraNet (s_i = 0)",
+    "granet_st": "GraNet (s_i = 0.5)",
+    "gmp_papershape": "GMP, paper-shaped schedule",
+    "granet_papershape": "GraNet, paper-shaped schedule",
+}
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def method_of(recipe: str) -> str:
+    """``granet_st_v2_resnet20_cifar10.yaml`` -> ``granet_st``."""
+    stem = Path(recipe).name.removesuffix(".yaml")
+    stem = stem.split("_resnet")[0]
+    return stem.removesuffix("_v2")
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and half-range (half of max - min) of one cell's seeds."""
+    return sum(values) / len(values), (max(values) - min(values)) / 2
+
+
+def collect(paths: list[str]) -> dict[tuple[str, float], dict[int, float]]:
+    """{(method, sparsity): {seed: top-1}} from sweep CSVs; sparsity 0.0 is dense."""
+    cells: dict[tuple[str, float], dict[int, float]] = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                m = method_of(r["recipe"])
+                s = 0.0 if r["method"] == "dense" else round(1 - float(r["density"]), 2)
+                seed = int(r["seed"])
+                cell = cells.setdefault((m, s), {})
+                if seed in cell:
+                    _fail(f"{m} at {100 * s:.0f}% seed {seed} is in the CSVs twice "
+                          f"({path} has the second)")
+                cell[seed] = float(r["test_acc"])
+    return cells
+
+
+def table(cells: dict[tuple[str, float], dict[int, float]], seeds: int) -> str:
+    sparsities = sorted({s for _, s in cells if s > 0})
+    methods = sorted({m for m, _ in cells},
+                     key=lambda m: (list(LABELS).index(m) if m in LABELS else len(LABELS), m))
+    lines = ["| method | " + " | ".join(f"top-1 @ {100 * s:.0f}% (per seed)"
+                                        for s in sparsities) + " |",
+             "|---|" + "---|" * len(sparsities)]
+    for m in methods:
+        row = []
+        for s in sparsities:
+            cell = cells.get((m, 0.0 if m == "dense" else s))
+            if not cell:
+                row.append("—")
+                continue
+            per = " / ".join(f"{100 * cell[k]:.2f}" for k in sorted(cell))
+            if len(cell) == 1:  # no spread to show: the value, and that it is one seed
+                row.append(f"{per} (1 of {seeds} seeds)" if seeds > 1 else per)
+                continue
+            mean, half = spread([100 * v for v in cell.values()])
+            note = "" if len(cell) >= seeds else f", {len(cell)} of {seeds} seeds"
+            row.append(f"{mean:.2f} ± {half:.2f} ({per}{note})")
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("csvs", nargs="+")
+    p.add_argument("--seeds", type=int, default=2, help="seeds a finished cell has")
+    p.add_argument("--no-append", action="store_true")
+    args = p.parse_args(argv)
+    for path in args.csvs:
+        if not Path(path).is_file():
+            _fail(f"no such CSV: {path}")
+    text = table(collect(args.csvs), args.seeds)
+    print(text)
+    if not args.no_append:
+        srcs = ", ".join(f"`{p}`" for p in args.csvs)
+        append_markdown(header("Methods x sparsity over seeds (benchmarks/seed_table.py)")
+                        + f"Results CSVs: {srcs}. Final-epoch test top-1, mean ± half-range "
+                        "over seeds.\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

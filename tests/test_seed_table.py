@@ -1,0 +1,58 @@
+"""benchmarks/seed_table.py: cells pool seeds across CSVs, say when seeds are missing, and
+reject a (method, sparsity, seed) that two CSVs both claim."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "seed_table.py"
+
+
+def _csv(path: Path, rows: list[tuple[str, str, float, int, float]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["recipe", "method", "density", "seed", "test_acc"])
+        w.writeheader()
+        for recipe, method, density, seed, acc in rows:
+            w.writerow({"recipe": recipe, "method": method, "density": density, "seed": seed,
+                        "test_acc": acc})
+    return path
+
+
+def _run(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args), "--no-append"],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_seeds_pool_across_csvs_and_missing_seeds_are_named(tmp_path: Path) -> None:
+    a = _csv(tmp_path / "s0.csv", [("dense_v2_resnet20_cifar10.yaml", "dense", 1.0, 0, 0.87),
+                                   ("gmp_v2_resnet20_cifar10.yaml", "gmp", 0.1, 0, 0.83),
+                                   ("granet_v2_resnet20_cifar10.yaml", "granet", 0.1, 0, 0.82),
+                                   ("gmp_v2_resnet20_cifar10.yaml", "gmp", 0.02, 0, 0.78)])
+    b = _csv(tmp_path / "s1.csv", [("gmp_v2_resnet20_cifar10.yaml", "gmp", 0.1, 1, 0.8250)])
+    out = _run(a, b, "--seeds", "2")
+    assert out.returncode == 0, out.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.stdout.splitlines()}
+    assert "top-1 @ 90%" in out.stdout and "top-1 @ 98%" in out.stdout
+    # GMP at 90%: mean 82.75, half-range 0.25, both seeds; 98%: one seed, no spread claimed
+    assert "82.75 ± 0.25 (83.00 / 82.50)" in rows["GMP"]
+    assert "78.00 (1 of 2 seeds)" in rows["GMP"]
+    assert "82.00 (1 of 2 seeds)" in rows["GraNet (s_i = 0)"]
+    assert rows["GraNet (s_i = 0)"].rstrip(" |").endswith("—")  # no 98% run
+    assert rows["dense"].count("87.00 (1 of 2 seeds)") == 2  # repeated under each sparsity
+
+
+@pytest.mark.parametrize("case", ["duplicate", "missing"])
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    a = _csv(tmp_path / "a.csv", [("gmp_v2_resnet20_cifar10.yaml", "gmp", 0.1, 0, 0.83)])
+    other = (_csv(tmp_path / "b.csv", [("gmp_v2_resnet20_cifar10.yaml", "gmp", 0.1, 0, 0.84)])
+             if case == "duplicate" else tmp_path / "nope.csv")
+    out = _run(a, other)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
+    assert ("twice" in out.stderr) if case == "duplicate" else ("no such CSV" in out.stderr)
