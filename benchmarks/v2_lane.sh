@@ -9,6 +9,7 @@
 #   benchmarks/v2_lane.sh 0 results/v2_table_s0.csv gmp granet ... &
 #   benchmarks/v2_lane.sh 1 results/v2_table_s1.csv gmp granet ... &
 # Tabulate: python benchmarks/seed_table.py benchmarks/results/v2_table_s{0,1}.csv --no-append
+# Run it in the project's environment (`. .venv/bin/activate`); the first failing run stops the lane.
 set -u
 cd "$(dirname "$0")"
 seed=$1; csv=$2; shift 2
@@ -20,6 +21,7 @@ for spec in "$@"; do
   sets+=(name="$name")
   echo "=== $(date -u +%T) $name"
   python sweep.py "../configs/cpu/${m}_v2_resnet20_cifar10.yaml" --csv "$csv" \
-    --out-dir ../runs/cpu-v2 --set "${sets[@]}" --no-append || echo "FAILED $name"
+    --out-dir ../runs/cpu-v2 --set "${sets[@]}" --no-append \
+    || { echo "FAILED $name: lane stopped (later runs not started)"; exit 1; }
 done
 echo "=== lane done $(date -u +%T)"
