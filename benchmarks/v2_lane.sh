@@ -9,7 +9,8 @@
 #   benchmarks/v2_lane.sh 0 results/v2_table_s0.csv gmp granet ... &
 #   benchmarks/v2_lane.sh 1 results/v2_table_s1.csv gmp granet ... &
 # Tabulate: python benchmarks/seed_table.py benchmarks/results/v2_table_s{0,1}.csv --no-append
-# Run it in the project's environment (`. .venv/bin/activate`); the first failing run stops the lane.
+# Run it in the project's environment (`. .venv/bin/activate`); the first failing run stops
+# the lane.
 set -u
 cd "$(dirname "$0")"
 seed=$1; csv=$2; shift 2
