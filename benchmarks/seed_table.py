@@ -2,13 +2,16 @@
 
     python benchmarks/seed_table.py benchmarks/results/v2_table_s0.csv \\
         benchmarks/results/v2_table_s1.csv --seeds 2 --no-append
+    python benchmarks/seed_table.py benchmarks/results/dst_cpu_resnet20_d0.{1,02}.csv \\
+        --seeds 1 --itop --no-append   # one seed, with the ITOP rate per sparsity
 
 Rows of all CSVs are pooled and grouped by method (the recipe file without its model/data
 suffix and ``_v2``) and sparsity; each cell is ``mean ± half-range`` over the seeds found, with
 the per-seed values after it. A cell with fewer seeds than ``--seeds`` says how many it has, so
 a table of unfinished sweeps cannot pass for a finished one. The dense row is repeated under
 every sparsity. A (method, sparsity, seed) found twice is an error (two CSVs disagree on which
-run counts).
+run counts). ``--itop`` adds, per sparsity, the mean ITOP rate (fraction of weights ever
+active) over the seeds; a static mask's rows from before ITOP was logged count as their density.
 """
 
 from __future__ import annotations
@@ -50,9 +53,19 @@ def spread(values: list[float]) -> tuple[float, float]:
     return sum(values) / len(values), (max(values) - min(values)) / 2
 
 
-def collect(paths: list[str]) -> dict[tuple[str, float], dict[int, float]]:
-    """{(method, sparsity): {seed: top-1}} from sweep CSVs; sparsity 0.0 is dense."""
-    cells: dict[tuple[str, float], dict[int, float]] = {}
+Cells = dict[tuple[str, float], dict[int, tuple[float, float | None]]]
+
+
+def _itop(r: dict[str, str]) -> float | None:
+    if r.get("itop"):
+        return float(r["itop"])
+    # rows from before ITOP was logged: a fixed mask's union is the mask itself
+    return float(r["density"]) if r["method"] == "static" else None
+
+
+def collect(paths: list[str]) -> Cells:
+    """{(method, sparsity): {seed: (top-1, ITOP or None)}} from sweep CSVs; 0.0 is dense."""
+    cells: Cells = {}
     for path in paths:
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
@@ -63,31 +76,39 @@ def collect(paths: list[str]) -> dict[tuple[str, float], dict[int, float]]:
                 if seed in cell:
                     _fail(f"{m} at {100 * s:.0f}% seed {seed} is in the CSVs twice "
                           f"({path} has the second)")
-                cell[seed] = float(r["test_acc"])
+                cell[seed] = (float(r["test_acc"]), _itop(r))
     return cells
 
 
-def table(cells: dict[tuple[str, float], dict[int, float]], seeds: int) -> str:
+def _top1_cell(cell: dict[int, tuple[float, float | None]], seeds: int) -> str:
+    per = " / ".join(f"{100 * cell[k][0]:.2f}" for k in sorted(cell))
+    if len(cell) == 1:  # no spread to show: the value, and that it is one seed
+        return f"{per} (1 of {seeds} seeds)" if seeds > 1 else per
+    mean, half = spread([100 * acc for acc, _ in cell.values()])
+    note = "" if len(cell) >= seeds else f", {len(cell)} of {seeds} seeds"
+    return f"{mean:.2f} ± {half:.2f} ({per}{note})"
+
+
+def _itop_cell(cell: dict[int, tuple[float, float | None]]) -> str:
+    vals = [i for _, i in cell.values() if i is not None]
+    return f"{sum(vals) / len(vals):.3f}" if vals else "—"
+
+
+def table(cells: Cells, seeds: int, itop: bool = False) -> str:
     sparsities = sorted({s for _, s in cells if s > 0})
     methods = sorted({m for m, _ in cells},
                      key=lambda m: (list(LABELS).index(m) if m in LABELS else len(LABELS), m))
-    lines = ["| method | " + " | ".join(f"top-1 @ {100 * s:.0f}% (per seed)"
-                                        for s in sparsities) + " |",
-             "|---|" + "---|" * len(sparsities)]
+    heads = []
+    for s in sparsities:
+        heads += [f"top-1 @ {100 * s:.0f}% (per seed)"] + [f"ITOP @ {100 * s:.0f}%"] * itop
+    lines = ["| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for m in methods:
         row = []
         for s in sparsities:
             cell = cells.get((m, 0.0 if m == "dense" else s))
-            if not cell:
-                row.append("—")
-                continue
-            per = " / ".join(f"{100 * cell[k]:.2f}" for k in sorted(cell))
-            if len(cell) == 1:  # no spread to show: the value, and that it is one seed
-                row.append(f"{per} (1 of {seeds} seeds)" if seeds > 1 else per)
-                continue
-            mean, half = spread([100 * v for v in cell.values()])
-            note = "" if len(cell) >= seeds else f", {len(cell)} of {seeds} seeds"
-            row.append(f"{mean:.2f} ± {half:.2f} ({per}{note})")
+            row.append(_top1_cell(cell, seeds) if cell else "—")
+            if itop:  # a dense run has no mask, so no ITOP rate
+                row.append(_itop_cell(cell) if cell and m != "dense" else "—")
         lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -96,12 +117,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("csvs", nargs="+")
     p.add_argument("--seeds", type=int, default=2, help="seeds a finished cell has")
+    p.add_argument("--itop", action="store_true", help="add the ITOP rate per sparsity")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     for path in args.csvs:
         if not Path(path).is_file():
             _fail(f"no such CSV: {path}")
-    text = table(collect(args.csvs), args.seeds)
+    text = table(collect(args.csvs), args.seeds, args.itop)
     print(text)
     if not args.no_append:
         srcs = ", ".join(f"`{p}`" for p in args.csvs)

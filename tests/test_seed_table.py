@@ -56,3 +56,26 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
     assert ("twice" in out.stderr) if case == "duplicate" else ("no such CSV" in out.stderr)
+
+
+def test_itop_column_per_sparsity(tmp_path: Path) -> None:
+    """--itop adds the mean ITOP rate after each sparsity's top-1; a static row from before
+    ITOP was logged counts as its density, and dense has none."""
+    path = tmp_path / "v1.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["recipe", "method", "density", "itop", "seed", "test_acc"])
+        w.writeheader()
+        w.writerow({"recipe": "dense_resnet20_cifar10.yaml", "method": "dense",
+                    "density": 1.0, "itop": "", "seed": 0, "test_acc": 0.855})
+        w.writerow({"recipe": "static_erk_resnet20_cifar10.yaml", "method": "static",
+                    "density": 0.09999, "itop": "", "seed": 0, "test_acc": 0.8097})
+        for seed, itop in ((0, 0.485), (1, 0.495)):
+            w.writerow({"recipe": "set_resnet20_cifar10.yaml", "method": "set",
+                        "density": 0.1, "itop": itop, "seed": seed, "test_acc": 0.81})
+    out = _run(path, "--seeds", "1", "--itop")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "| method | top-1 @ 90% (per seed) | ITOP @ 90% |"
+    assert "| dense | 85.50 | — |" in lines
+    assert "| static ERK (random) | 80.97 | 0.100 |" in lines
+    assert "| SET | 81.00 ± 0.00 (81.00 / 81.00) | 0.490 |" in lines
