@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -383,3 +386,51 @@ def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch):
         lm = LatencyModel.measure(dense, prunable_groups(dense), batch=8, timer=block_ms,
                                   dense_ms=1.0)
     assert lm.round_to and blocker.read_text() == "not a folder"
+
+
+def _run_profile(*args: object) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_profile.py"
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_unit_breakdown_and_profile_script(tmp_path):
+    """``unit_ms`` is each layer's hand-timed cost in the pruned model; the profile script
+    prints those sums per layer shape and the total over the dense prediction."""
+    dense = _resnet20()
+    groups = prunable_groups(dense)
+    lm = LatencyModel.measure(dense, groups, batch=8, timer=block_ms, dense_ms=hand_ms(dense) + 3)
+    pruned = prune_model(dense, dict.fromkeys(lm.names, 0.5), "l1", lm.step_of(), groups=groups)
+    row = torch.full((1, len(lm.names)), 0.5, dtype=torch.float64)
+    per_unit = lm.unit_ms(lat.kept_counts(row, lm.channels, lm.round_to))[0]
+    assert float(per_unit.sum()) == pytest.approx(hand_ms(pruned), rel=1e-12)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "latency_table.json").write_text(json.dumps(lm.to_json()))
+    out = _run_profile(tmp_path / "run", "--ratios", "0,0.5")
+    assert out.returncode == 0, out.stderr
+    rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")[1:]
+            for line in out.stdout.splitlines() if line.startswith("| ")}
+    assert rows["rest (adds, pooling, ...)"] == ["3.0", "3.0"]
+    assert rows["**total**"] == [f"**{hand_ms(dense) + 3:.1f}**", f"**{hand_ms(pruned) + 3:.1f}**"]
+    want = (hand_ms(pruned) + 3) / (hand_ms(dense) + 3)
+    assert rows["table ratio"] == ["1.000", f"{want:.3f}"]
+    assert "calibrated" not in out.stdout  # an uncalibrated table has no such row
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("missing", ["nope.json"], "cannot read a latency table"),
+    ("not json", ["bad.json"], "cannot read a latency table"),
+    ("not a table", ["other.json"], "is not a latency table"),
+    ("ratio 1", ["t.json", "--ratios", "0,1"], "in [0, 1)"),
+    ("not a number", ["t.json", "--ratios", "x"], "numbers separated by commas"),
+])
+def test_profile_script_bad_input(tmp_path, case, args, message):
+    dense = _resnet20()
+    lm = LatencyModel.measure(dense, prunable_groups(dense), batch=8, timer=block_ms,
+                              dense_ms=1.0)
+    (tmp_path / "t.json").write_text(json.dumps(lm.to_json()))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"key": {}}))
+    out = _run_profile(*(tmp_path / a if a.endswith(".json") else a for a in args))
+    assert out.returncode == 2, case
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr

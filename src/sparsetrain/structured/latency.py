@@ -249,14 +249,19 @@ class LatencyModel:
     # -- prediction ---------------------------------------------------------------------------
     def ms_of_kept(self, kept: torch.Tensor) -> torch.Tensor:
         """Predicted milliseconds (float64 ``[B]``) of kept-channel counts int64 ``[B, G]``."""
+        return self.unit_ms(kept).sum(dim=1) + self.rest_ms
+
+    def unit_ms(self, kept: torch.Tensor) -> torch.Tensor:
+        """Each unit's predicted milliseconds (float64 ``[B, units]``, in ``self.units``' order)
+        for kept-channel counts int64 ``[B, G]``; the model's latency adds ``rest_ms``."""
         k = torch.cat([kept, torch.zeros(len(kept), 1, dtype=torch.int64)], dim=1)
         k = k.to(torch.float64)
-        total = torch.full((len(kept),), self.rest_ms, dtype=torch.float64)
-        for u, (gi, go, t) in zip(self.units, self._tensors, strict=True):
-            kin = k[:, u.a] if u.a < len(self.names) else torch.full_like(total, gi[-1])
-            kout = k[:, u.b] if u.b < len(self.names) else torch.full_like(total, go[-1])
-            total += _bilinear(gi, go, t, kin, kout)
-        return total
+        out = torch.zeros(len(kept), len(self.units), dtype=torch.float64)
+        for j, (u, (gi, go, t)) in enumerate(zip(self.units, self._tensors, strict=True)):
+            kin = k[:, u.a] if u.a < len(self.names) else torch.full_like(out[:, j], gi[-1])
+            kout = k[:, u.b] if u.b < len(self.names) else torch.full_like(out[:, j], go[-1])
+            out[:, j] = _bilinear(gi, go, t, kin, kout)
+        return out
 
     def ratio_of_ratios(self, ratios: torch.Tensor) -> torch.Tensor:
         """Predicted latency as a fraction of the dense model's (float64 ``[B]``): the table's
