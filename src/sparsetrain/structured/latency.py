@@ -249,7 +249,10 @@ class LatencyModel:
     # -- prediction ---------------------------------------------------------------------------
     def ms_of_kept(self, kept: torch.Tensor) -> torch.Tensor:
         """Predicted milliseconds (float64 ``[B]``) of kept-channel counts int64 ``[B, G]``."""
-        return self.unit_ms(kept).sum(dim=1) + self.rest_ms
+        total = torch.full((len(kept),), self.rest_ms, dtype=torch.float64)
+        for col in self.unit_ms(kept).unbind(dim=1):  # the order of the sum before unit_ms
+            total += col
+        return total
 
     def unit_ms(self, kept: torch.Tensor) -> torch.Tensor:
         """Each unit's predicted milliseconds (float64 ``[B, units]``, in ``self.units``' order)
