@@ -7,6 +7,7 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -34,3 +35,9 @@ def append_markdown(text: str, path: Path = REPO / "BENCHMARKS.md") -> None:
     with path.open("a") as f:
         f.write(text.rstrip() + "\n\n")
     print(f"appended to {path}")
+
+
+def fail(msg: str, prog: str = "") -> NoReturn:
+    """Bad input: one line on stderr (``prog: error: msg``, or ``error: msg``), exit code 2."""
+    print(f"{prog}: error: {msg}" if prog else f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
+from _common import fail
 
-from sparsetrain.errors import UserError
 from sparsetrain.structured.latency import LatencyModel
 from sparsetrain.structured.macs import kept_counts
 
-
-def _fail(msg: str) -> None:
-    print(f"latency_profile: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+PROG = "latency_profile"
 
 
 def load(path: Path) -> LatencyModel:
@@ -35,9 +31,8 @@ def load(path: Path) -> LatencyModel:
         path = path / "latency_table.json"
     try:
         return LatencyModel.from_json(json.loads(path.read_text()), str(path))
-    except (OSError, ValueError, UserError) as e:  # JSONDecodeError is a ValueError
-        _fail(f"cannot read a latency table from {path}: {e}")
-    raise AssertionError  # unreachable: _fail exits
+    except (OSError, ValueError) as e:  # JSONDecodeError and UserError are ValueErrors
+        fail(f"cannot read a latency table from {path}: {e}", PROG)
 
 
 def _shape(spec: dict) -> str:
@@ -86,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         ratios = [float(r) for r in args.ratios.split(",")]
     except ValueError:
-        _fail(f"--ratios must be numbers separated by commas, got {args.ratios!r}")
+        fail(f"--ratios must be numbers separated by commas, got {args.ratios!r}", PROG)
     if not all(0 <= r < 1 for r in ratios):
-        _fail(f"--ratios must each be in [0, 1), got {args.ratios}")
+        fail(f"--ratios must each be in [0, 1), got {args.ratios}", PROG)
     print(profile(load(args.table), ratios))
 
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
-from _common import append_markdown, header
+from _common import append_markdown, fail, header
 
 LABELS = {
     "dense": "dense",
@@ -34,11 +33,6 @@ LABELS = {
     "gmp_papershape": "GMP, paper-shaped schedule",
     "granet_papershape": "GraNet, paper-shaped schedule",
 }
-
-
-def _fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def method_of(recipe: str) -> str:
@@ -74,7 +68,7 @@ def collect(paths: list[str]) -> Cells:
                 seed = int(r["seed"])
                 cell = cells.setdefault((m, s), {})
                 if seed in cell:
-                    _fail(f"{m} at {100 * s:.0f}% seed {seed} is in the CSVs twice "
+                    fail(f"{m} at {100 * s:.0f}% seed {seed} is in the CSVs twice "
                           f"({path} has the second)")
                 cell[seed] = (float(r["test_acc"]), _itop(r))
     return cells
@@ -122,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     for path in args.csvs:
         if not Path(path).is_file():
-            _fail(f"no such CSV: {path}")
+            fail(f"no such CSV: {path}")
     text = table(collect(args.csvs), args.seeds, args.itop)
     print(text)
     if not args.no_append:
