@@ -69,7 +69,7 @@ def collect(paths: list[str]) -> Cells:
                 cell = cells.setdefault((m, s), {})
                 if seed in cell:
                     fail(f"{m} at {100 * s:.0f}% seed {seed} is in the CSVs twice "
-                          f"({path} has the second)")
+                         f"({path} has the second)")
                 cell[seed] = (float(r["test_acc"]), _itop(r))
     return cells
 
