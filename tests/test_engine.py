@@ -88,6 +88,28 @@ def test_max_steps_and_bf16_autocast(tmp_path: Path) -> None:
         cfg.run_dir / "last.pt")["model"].values() if p.is_floating_point())
 
 
+
+@pytest.mark.parametrize(("asked", "fast", "resolved", "warns"), [
+    ("bf16", False, "bf16", True),  # honoured, but the user is told it is emulated
+    ("bf16", True, "bf16", False),
+    ("auto", False, "fp32", False),
+    ("auto", True, "bf16", False),
+    ("fp32", False, "fp32", False),
+])
+def test_bf16_without_bf16_units_warns(monkeypatch, asked: str, fast: bool, resolved: str,
+                                       warns: bool) -> None:
+    import warnings
+
+    from sparsetrain import precision as prec
+    monkeypatch.setattr(prec, "has_fast_bf16", lambda device: fast)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert prec.resolve_precision(asked, torch.device("cpu")) == resolved
+    slow = [w for w in caught if issubclass(w.category, prec.SlowPrecisionWarning)]
+    assert len(slow) == int(warns)
+    if warns:
+        assert "emulated" in str(slow[0].message) and "fp32" in str(slow[0].message)
+
 def _run_cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "sparsetrain", *args], env=env,

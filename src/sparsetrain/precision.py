@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
 from sparsetrain.errors import UserError
+
+
+class SlowPrecisionWarning(UserWarning):
+    """bf16 was asked for on a device without bf16 units: it runs, emulated, and slowly."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -39,6 +44,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in ("bf16", "fp32", "fp64"):
         raise UserError(f"unknown precision {precision!r}; "
                         "choose from ('auto', 'bf16', 'fp32', 'fp64')")
+    if precision == "bf16" and not has_fast_bf16(device):
+        # Shown once per process (one warning site). Measured on an AVX2-only EPYC (no
+        # AVX512-BF16/AMX): ResNet-20 trained at 21 img/s in bf16 vs 263 img/s in fp32.
+        warnings.warn(f"precision bf16 on a {device.type} without bf16 units: autocast is "
+                      "emulated there and can be >10x slower than fp32; use precision auto "
+                      "(fp32 on this device) or fp32", SlowPrecisionWarning, stacklevel=1)
     return precision
 
 
