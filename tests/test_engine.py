@@ -88,7 +88,6 @@ def test_max_steps_and_bf16_autocast(tmp_path: Path) -> None:
         cfg.run_dir / "last.pt")["model"].values() if p.is_floating_point())
 
 
-
 @pytest.mark.parametrize(("asked", "fast", "resolved", "warns"), [
     ("bf16", False, "bf16", True),  # honoured, but the user is told it is emulated
     ("bf16", True, "bf16", False),
@@ -109,6 +108,7 @@ def test_bf16_without_bf16_units_warns(monkeypatch, asked: str, fast: bool, reso
     assert len(slow) == int(warns)
     if warns:
         assert "emulated" in str(slow[0].message) and "fp32" in str(slow[0].message)
+
 
 def _run_cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
