@@ -12,6 +12,9 @@ a table of unfinished sweeps cannot pass for a finished one. The dense row is re
 every sparsity. A (method, sparsity, seed) found twice is an error (two CSVs disagree on which
 run counts). ``--itop`` adds, per sparsity, the mean ITOP rate (fraction of weights ever
 active) over the seeds; a static mask's rows from before ITOP was logged count as their density.
+A cell whose seeds trained in different precisions (the CSVs' ``precision`` column; "unrecorded"
+in rows from before it) names each seed's precision and says so, so pooled bf16 and fp32 runs
+cannot pass for one setting.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def spread(values: list[float]) -> tuple[float, float]:
     return sum(values) / len(values), (max(values) - min(values)) / 2
 
 
-Cells = dict[tuple[str, float], dict[int, tuple[float, float | None]]]
+Cell = dict[int, tuple[float, float | None, str]]  # seed -> (top-1, ITOP or None, precision)
+Cells = dict[tuple[str, float], Cell]
 
 
 def _itop(r: dict[str, str]) -> float | None:
@@ -58,7 +62,7 @@ def _itop(r: dict[str, str]) -> float | None:
 
 
 def collect(paths: list[str]) -> Cells:
-    """{(method, sparsity): {seed: (top-1, ITOP or None)}} from sweep CSVs; 0.0 is dense."""
+    """{(method, sparsity): {seed: (top-1, ITOP, precision)}} from sweep CSVs; 0.0 is dense."""
     cells: Cells = {}
     for path in paths:
         with open(path, newline="") as f:
@@ -70,21 +74,24 @@ def collect(paths: list[str]) -> Cells:
                 if seed in cell:
                     fail(f"{m} at {100 * s:.0f}% seed {seed} is in the CSVs twice "
                          f"({path} has the second)")
-                cell[seed] = (float(r["test_acc"]), _itop(r))
+                cell[seed] = (float(r["test_acc"]), _itop(r), r.get("precision") or "")
     return cells
 
 
-def _top1_cell(cell: dict[int, tuple[float, float | None]], seeds: int) -> str:
-    per = " / ".join(f"{100 * cell[k][0]:.2f}" for k in sorted(cell))
+def _top1_cell(cell: Cell, seeds: int) -> str:
+    mixed = len({prec for _, _, prec in cell.values()}) > 1
+    per = " / ".join(f"{100 * acc:.2f}" + (f" {prec or 'unrecorded'}" if mixed else "")
+                     for acc, _, prec in (cell[k] for k in sorted(cell)))
     if len(cell) == 1:  # no spread to show: the value, and that it is one seed
         return f"{per} (1 of {seeds} seeds)" if seeds > 1 else per
-    mean, half = spread([100 * acc for acc, _ in cell.values()])
+    mean, half = spread([100 * acc for acc, _, _ in cell.values()])
     note = "" if len(cell) >= seeds else f", {len(cell)} of {seeds} seeds"
+    note += ", precisions differ" if mixed else ""
     return f"{mean:.2f} ± {half:.2f} ({per}{note})"
 
 
-def _itop_cell(cell: dict[int, tuple[float, float | None]]) -> str:
-    vals = [i for _, i in cell.values() if i is not None]
+def _itop_cell(cell: Cell) -> str:
+    vals = [i for _, i, _ in cell.values() if i is not None]
     return f"{sum(vals) / len(vals):.3f}" if vals else "—"
 
 

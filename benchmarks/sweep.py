@@ -4,8 +4,9 @@ Each finished run adds one row to a CSV (written after every run, so a stopped s
 what it finished); a run whose directory already has summary.json is reused, not retrained,
 and one stopped mid-way (last.pt but no summary.json) is resumed from its checkpoint. Rows are
 keyed by run name (``--set name=...`` makes a new run of the same recipe; CSVs written before
-the ``run`` column are matched by recipe file). At the end the table is appended to
-BENCHMARKS.md (``--no-append``: printed only).
+the ``run`` column are matched by recipe file). The ``precision`` column is the precision the
+run trained in (from its summary.json; empty in rows written before the column existed). At
+the end the table is appended to BENCHMARKS.md (``--no-append``: printed only).
 
     python benchmarks/sweep.py configs/cpu/dense_resnet20_cifar10.yaml \\
         configs/cpu/static_*_resnet20_cifar10.yaml --csv benchmarks/results/static_cpu.csv
@@ -23,7 +24,7 @@ from _common import append_markdown, header
 from sparsetrain import load_config, train
 
 FIELDS = ["recipe", "run", "model", "method", "budget", "score", "structure", "density", "itop",
-          "seed", "epochs", "test_acc", "test_loss", "flops_dense", "flops_sparse",
+          "seed", "precision", "epochs", "test_acc", "test_loss", "flops_dense", "flops_sparse",
           "params_nonzero", "images_per_s", "train_s", "wall_s", "git_commit"]
 
 
@@ -36,7 +37,7 @@ def row(recipe: str, cfg, s: dict) -> dict:
         "structure": sp.structure,
         "density": round(s.get("density", {}).get("global", 1.0), 5),
         "itop": round(s["density"]["itop"], 4) if "itop" in s.get("density", {}) else "",
-        "seed": cfg.seed,
+        "seed": cfg.seed, "precision": s.get("precision", ""),
         "epochs": s["epochs"], "test_acc": s["final"]["test_acc"],
         "test_loss": round(s["final"]["test_loss"], 4),
         "flops_dense": s.get("flops", {}).get("dense", ""),

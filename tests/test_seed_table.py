@@ -1,5 +1,6 @@
-"""benchmarks/seed_table.py: cells pool seeds across CSVs, say when seeds are missing, and
-reject a (method, sparsity, seed) that two CSVs both claim."""
+"""benchmarks/seed_table.py: cells pool seeds across CSVs, say when seeds are missing or
+trained in different precisions, and reject a (method, sparsity, seed) that two CSVs both
+claim."""
 
 from __future__ import annotations
 
@@ -79,3 +80,24 @@ def test_itop_column_per_sparsity(tmp_path: Path) -> None:
     assert "| dense | 85.50 | — |" in lines
     assert "| static ERK (random) | 80.97 | 0.100 |" in lines
     assert "| SET | 81.00 ± 0.00 (81.00 / 81.00) | 0.490 |" in lines
+
+
+def test_a_cell_with_mixed_precisions_names_each_seeds_precision(tmp_path: Path) -> None:
+    """Seeds trained in one precision print plainly; a cell pooling bf16 (or rows from before
+    the precision column) with fp32 names each seed's precision and says they differ."""
+    path = tmp_path / "mixed.csv"
+    rows = [("set", 0.02, 0, "", 0.7420), ("set", 0.02, 1, "fp32", 0.7500),
+            ("rigl", 0.02, 0, "bf16", 0.7601), ("rigl", 0.02, 1, "bf16", 0.7491),
+            ("gmp", 0.02, 0, "bf16", 0.7848), ("gmp", 0.02, 1, "fp32", 0.7817)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["recipe", "method", "density", "seed", "precision", "test_acc"])
+        w.writeheader()
+        for m, density, seed, prec, acc in rows:
+            w.writerow({"recipe": f"{m}_v2_resnet20_cifar10.yaml", "method": m,
+                        "density": density, "seed": seed, "precision": prec, "test_acc": acc})
+    out = _run(path, "--seeds", "2")
+    assert out.returncode == 0, out.stderr
+    rows_out = {line.split(" | ")[0].strip("| "): line for line in out.stdout.splitlines()}
+    assert "74.60 ± 0.40 (74.20 unrecorded / 75.00 fp32, precisions differ)" in rows_out["SET"]
+    assert "75.46 ± 0.55 (76.01 / 74.91) |" in rows_out["RigL"]
+    assert "78.33 ± 0.16 (78.48 bf16 / 78.17 fp32, precisions differ)" in rows_out["GMP"]

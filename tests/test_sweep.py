@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,9 @@ def test_a_renamed_run_of_the_same_recipe_is_trained_not_taken_from_the_csv(
     assert set(rows) == {"first", "second"}
     assert (rows["first"]["seed"], rows["second"]["seed"]) == ("0", "1")
     assert rows["second"]["structure"] == "unstructured"
+    # the precision each run trained in, as its summary.json records it
+    summary = json.loads((runs / "second" / "summary.json").read_text())
+    assert rows["second"]["precision"] == summary["precision"] in ("fp32", "bf16")
     # a third call with a finished run's name reuses it, and the table names each run
     out = _sweep(recipe, "--csv", table, "--out-dir", runs, "--set", "name=first",
                  "--table-only")
